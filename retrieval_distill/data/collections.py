@@ -1,0 +1,372 @@
+"""Load test collections in BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).
+
+One loader reads every collection in ``../shared/data`` (SciFact, the TREC-DL pool, ADI,
+Cranfield, Vaswani). A dataset can be named three ways (see :func:`load_collection`):
+
+* a BEIR folder path plus a split: ``../shared/data/beir/scifact`` with ``split="test"``;
+* an ir_datasets-style id ``beir/scifact/test``, found under a local data root first
+  (``$RD_DATA_ROOT``, then ``../shared/data`` beside the project), so it works offline;
+* any other ir_datasets id, loaded through ``ir_datasets`` (online users).
+
+Malformed input raises :class:`DataFormatError` naming the file and the 1-based line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class DataFormatError(ValueError):
+    """A collection file is malformed; the message names the file and line."""
+
+
+@dataclass
+class Collection:
+    """A corpus with queries and qrels of one split.
+
+    Attributes:
+        name: a readable name (``beir/scifact/test``).
+        corpus: docid -> {"title": str, "text": str}, in file order.
+        queries: qid -> query text (only queries of this split when qrels are known).
+        qrels: qid -> {docid: grade (int)}; grade 0 means judged not relevant.
+        root: the BEIR folder it came from, if any.
+    """
+
+    name: str
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    root: Path | None = None
+
+    @property
+    def docids(self) -> list[str]:
+        return list(self.corpus)
+
+    def doc_text(self, docid: str) -> str:
+        """Title and text joined by a space, the BEIR/Pyserini convention ("title text")."""
+        d = self.corpus[docid]
+        return f"{d.get('title', '')} {d.get('text', '')}".strip()
+
+    def doc_texts(self, docids: list[str] | None = None) -> list[str]:
+        return [self.doc_text(d) for d in (docids if docids is not None else self.corpus)]
+
+    def judged_qids(self) -> list[str]:
+        """Queries with at least one qrels entry of grade > 0, in query-file order."""
+        return [q for q in self.queries if any(g > 0 for g in self.qrels.get(q, {}).values())]
+
+    def subset(self, qids: list[str], name: str | None = None) -> "Collection":
+        """The same corpus with only ``qids`` (queries and qrels)."""
+        qs = set(qids)
+        return Collection(
+            name=name or self.name,
+            corpus=self.corpus,
+            queries={q: t for q, t in self.queries.items() if q in qs},
+            qrels={q: r for q, r in self.qrels.items() if q in qs},
+            root=self.root,
+        )
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataFormatError: a line is not a JSON object (message: ``file:line: reason``).
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8", newline=None) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def load_corpus(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """Read a BEIR ``corpus.jsonl``: ``{"_id", "title", "text"}`` per line.
+
+    Raises:
+        DataFormatError: missing ``_id``, duplicate docid, or a document with neither title nor text.
+    """
+    corpus: dict[str, dict[str, str]] = {}
+    for lineno, obj in read_jsonl(path):
+        if "_id" not in obj:
+            raise DataFormatError(f"{path}:{lineno}: missing '_id'")
+        docid = str(obj["_id"])
+        if docid in corpus:
+            raise DataFormatError(f"{path}:{lineno}: duplicate docid {docid!r}")
+        title, text = str(obj.get("title") or ""), str(obj.get("text") or "")
+        if not (title.strip() or text.strip()):
+            raise DataFormatError(f"{path}:{lineno}: document {docid!r} has empty title and text")
+        corpus[docid] = {"title": title, "text": text}
+    if not corpus:
+        raise DataFormatError(f"{path}: empty corpus")
+    return corpus
+
+
+def load_queries(path: str | os.PathLike) -> dict[str, str]:
+    """Read a BEIR ``queries.jsonl``: ``{"_id", "text"}`` per line.
+
+    Raises:
+        DataFormatError: missing ``_id``/``text``, duplicate qid, or empty query text.
+    """
+    queries: dict[str, str] = {}
+    for lineno, obj in read_jsonl(path):
+        if "_id" not in obj or "text" not in obj:
+            raise DataFormatError(f"{path}:{lineno}: a query needs '_id' and 'text'")
+        qid = str(obj["_id"])
+        if qid in queries:
+            raise DataFormatError(f"{path}:{lineno}: duplicate qid {qid!r}")
+        text = str(obj["text"]).strip()
+        if not text:
+            raise DataFormatError(f"{path}:{lineno}: query {qid!r} is empty")
+        queries[qid] = text
+    return queries
+
+
+def load_qrels(
+    path: str | os.PathLike, corpus: dict | None = None, queries: dict | None = None
+) -> dict[str, dict[str, int]]:
+    """Read qrels: BEIR TSV (``query-id corpus-id score``, header optional) or TREC
+    (``qid 0 docid grade``, whitespace separated). Windows line endings are accepted.
+
+    Args:
+        path: the qrels file.
+        corpus: if given, every docid must be in it.
+        queries: if given, every qid must be in it.
+
+    Returns:
+        qid -> {docid: grade}.
+
+    Raises:
+        DataFormatError: wrong column count, non-integer grade, duplicate (qid, docid),
+            unknown docid or qid (message: ``file:line: reason``).
+    """
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline=None) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if lineno == 1 and parts[0].lower() in ("query-id", "qid", "query_id"):
+                continue  # header line
+            if len(parts) == 3:
+                qid, docid, grade = parts
+            elif len(parts) == 4:
+                qid, _, docid, grade = parts
+            else:
+                raise DataFormatError(f"{path}:{lineno}: expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}")
+            try:
+                g = int(float(grade))
+            except ValueError:
+                raise DataFormatError(f"{path}:{lineno}: grade {grade!r} is not a number") from None
+            if corpus is not None and docid not in corpus:
+                raise DataFormatError(f"{path}:{lineno}: unknown docid {docid!r} (not in the corpus)")
+            if queries is not None and qid not in queries:
+                raise DataFormatError(f"{path}:{lineno}: unknown qid {qid!r} (not in the queries)")
+            row = qrels.setdefault(qid, {})
+            if docid in row:
+                raise DataFormatError(f"{path}:{lineno}: duplicate qrels entry ({qid}, {docid})")
+            row[docid] = g
+    return qrels
+
+
+def data_roots() -> list[Path]:
+    """Local folders searched for ``beir/scifact``-style ids: ``$RD_DATA_ROOT`` (os.pathsep
+    separated), then ``../shared/data`` beside the project."""
+    roots = [Path(p) for p in os.environ.get("RD_DATA_ROOT", "").split(os.pathsep) if p]
+    roots.append(PROJECT_ROOT.parent / "shared" / "data")
+    return roots
+
+
+def find_local(dataset_id: str) -> tuple[Path, str | None] | None:
+    """Map ``beir/scifact/test`` to ``(<root>/beir/scifact, "test")`` if that folder exists."""
+    parts = dataset_id.strip("/").split("/")
+    for root in data_roots():
+        for cut in (len(parts), len(parts) - 1):
+            if cut <= 0:
+                continue
+            folder = root.joinpath(*parts[:cut])
+            if (folder / "corpus.jsonl").exists():
+                split = "/".join(parts[cut:]) or None
+                return folder, split
+    return None
+
+
+def load_beir_folder(
+    folder: str | os.PathLike,
+    split: str | None = "test",
+    *,
+    queries_file: str | None = None,
+    qrels_file: str | None = None,
+    check_docids: bool = True,
+) -> Collection:
+    """Load a BEIR folder.
+
+    Args:
+        folder: holds ``corpus.jsonl``, ``queries.jsonl`` (or ``queries_file``) and ``qrels/``.
+        split: qrels split (``qrels/<split>.tsv``); ``None`` loads no qrels and keeps all queries.
+        queries_file: another queries file name inside ``folder`` (``queries.dl19.jsonl``).
+        qrels_file: another qrels path (relative to ``folder`` or absolute).
+        check_docids: raise on a qrels docid that is not in the corpus.
+
+    Raises:
+        FileNotFoundError: a file is missing (message lists what was looked for).
+        DataFormatError: malformed content.
+    """
+    folder = Path(folder)
+    if not (folder / "corpus.jsonl").exists():
+        raise FileNotFoundError(f"{folder}: no corpus.jsonl (expected a BEIR folder)")
+    corpus = load_corpus(folder / "corpus.jsonl")
+    qpath = folder / (queries_file or "queries.jsonl")
+    if queries_file is None and not qpath.exists():
+        cands = sorted(folder.glob("queries*.jsonl"))
+        if len(cands) == 1:
+            qpath = cands[0]
+    queries = load_queries(qpath)
+    qrels: dict[str, dict[str, int]] = {}
+    if qrels_file or split:
+        rp = Path(qrels_file) if qrels_file else folder / "qrels" / f"{split}.tsv"
+        if not rp.is_absolute() and qrels_file:
+            rp = folder / rp
+        if not rp.exists():
+            have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+            raise FileNotFoundError(f"{rp}: no such qrels file (splits here: {', '.join(have) or 'none'})")
+        qrels = load_qrels(rp, corpus if check_docids else None)
+        queries = {q: t for q, t in queries.items() if q in qrels}
+    name = f"{folder.name}/{split}" if split else folder.name
+    return Collection(name=name, corpus=corpus, queries=queries, qrels=qrels, root=folder)
+
+
+def load_collection(spec: str | os.PathLike, split: str | None = None, **kwargs) -> Collection:
+    """Load a collection by BEIR folder path or dataset id (see module docstring).
+
+    Args:
+        spec: a folder path, or an id such as ``beir/scifact/test``.
+        split: the qrels split when ``spec`` is a folder (default ``test``).
+
+    Raises:
+        FileNotFoundError / DataFormatError: as :func:`load_beir_folder`.
+    """
+    p = Path(spec)
+    if p.is_dir():
+        return load_beir_folder(p, split or "test", **kwargs)
+    local = find_local(str(spec))
+    if local is not None:
+        folder, sp = local
+        c = load_beir_folder(folder, split or sp or "test", **kwargs)
+        c.name = str(spec)
+        return c
+    return _load_ir_datasets(str(spec))
+
+
+def _load_ir_datasets(dataset_id: str) -> Collection:
+    """Load an ir_datasets id (online users; needs the dataset downloaded or downloadable)."""
+    import ir_datasets
+
+    try:
+        ds = ir_datasets.load(dataset_id)
+    except KeyError:
+        raise FileNotFoundError(
+            f"dataset {dataset_id!r}: not a folder, not under the local data roots "
+            f"({', '.join(map(str, data_roots()))}), and not an ir_datasets id"
+        ) from None
+    corpus = {d.doc_id: {"title": getattr(d, "title", "") or "", "text": d.text} for d in ds.docs_iter()}
+    queries = {q.query_id: q.text for q in ds.queries_iter()} if ds.has_queries() else {}
+    qrels: dict[str, dict[str, int]] = {}
+    if ds.has_qrels():
+        for r in ds.qrels_iter():
+            qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+        queries = {q: t for q, t in queries.items() if q in qrels}
+    return Collection(name=dataset_id, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def register_ir_datasets(folder: str | os.PathLike, name: str, splits: list[str] | None = None) -> list[str]:
+    """Register a local BEIR folder with ``ir_datasets`` as ``<name>`` and ``<name>/<split>``.
+
+    After this, ``ir_datasets.load("<name>/test")`` reads the local files (no download).
+
+    Returns:
+        the ids registered.
+    """
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import BaseDocs, BaseQrels, BaseQueries, GenericDoc, GenericQuery, TrecQrel
+
+    folder = Path(folder)
+    splits = splits or sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+
+    class _Docs(BaseDocs):
+        def docs_iter(self):
+            for docid, d in load_corpus(folder / "corpus.jsonl").items():
+                yield GenericDoc(docid, f"{d['title']} {d['text']}".strip())
+
+        def docs_cls(self):
+            return GenericDoc
+
+        def docs_namespace(self):
+            return name
+
+        def docs_lang(self):
+            return "en"
+
+        def docs_count(self):
+            return sum(1 for _ in read_jsonl(folder / "corpus.jsonl"))
+
+    class _Queries(BaseQueries):
+        def __init__(self, keep=None):
+            self.keep = keep
+
+        def queries_iter(self):
+            for qid, text in load_queries(folder / "queries.jsonl").items():
+                if self.keep is None or qid in self.keep():
+                    yield GenericQuery(qid, text)
+
+        def queries_cls(self):
+            return GenericQuery
+
+        def queries_namespace(self):
+            return name
+
+        def queries_lang(self):
+            return "en"
+
+    class _Qrels(BaseQrels):
+        def __init__(self, split):
+            self.split = split
+
+        def qrels_iter(self):
+            for qid, row in load_qrels(folder / "qrels" / f"{self.split}.tsv").items():
+                for docid, g in row.items():
+                    yield TrecQrel(qid, docid, g, "0")
+
+        def qrels_cls(self):
+            return TrecQrel
+
+        def qrels_defs(self):
+            return {}
+
+    ids = []
+    docs = _Docs()
+    if name not in ir_datasets.registry:
+        ir_datasets.registry.register(name, Dataset(docs, _Queries()))
+    ids.append(name)
+    for split in splits:
+        sid = f"{name}/{split}"
+        if sid not in ir_datasets.registry:
+            keep = lambda s=split: set(load_qrels(folder / "qrels" / f"{s}.tsv"))  # noqa: E731
+            ir_datasets.registry.register(sid, Dataset(docs, _Queries(keep), _Qrels(split)))
+        ids.append(sid)
+    return ids

@@ -1,0 +1,1 @@
+"""Students: distillation losses (one nn.Module each, with its citation), data and training."""

@@ -1,0 +1,1 @@
+"""Evaluation: TREC run files, metrics (ranx), comparisons with significance tests, reports."""

@@ -1,0 +1,1 @@
+"""FAISS indexes: build, manifest, versioned store with atomic swap, rebuild jobs."""

@@ -1,0 +1,1 @@
+"""Ray backends for teacher scoring and corpus encoding beyond one machine."""

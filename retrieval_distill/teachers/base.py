@@ -1,0 +1,119 @@
+"""The Teacher seam of DESIGN.md.
+
+A teacher scores (query, passage) pairs: ``score(queries, passages) -> np.ndarray`` of
+shape ``(n,)``, float32, higher is more relevant. It is built from a :class:`TeacherSpec`
+(kind + model + options), carries a stable ``fingerprint`` (spec and weights), and declares
+its ``scale`` (``logit``, ``cosine``, ``maxsim``, ``bm25`` or ``fused``), because
+margin-MSE is scale-sensitive and ensembles must normalise per query.
+
+Teachers that can use ids as well as texts (BM25 reads its Lucene index, embedding
+teachers reuse cached document vectors) also implement
+``score_ids(qids, queries, docids, passages)``; :func:`score_pairs` prefers it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval_distill.utils import fingerprint_obj
+
+
+class TeacherSpec(BaseModel):
+    """How to build a teacher.
+
+    Attributes:
+        kind: registered kind (``bi_encoder``, ``bm25``, ``cross_encoder``, ``colbert``, ``ensemble``).
+        model: model path / bundled alias / hub name (``None`` for BM25).
+        options: kind-specific options (``max_length``, ``batch_size``, ``index`` ...).
+        members: sub-specs of an ensemble.
+        weights: ensemble weights, one per member.
+        normalization: ensemble per-query normalisation (``zscore`` or ``minmax``).
+        name: a short readable name used in score files and reports.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    model: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    members: list["TeacherSpec"] = Field(default_factory=list)
+    weights: list[float] = Field(default_factory=list)
+    normalization: str = "zscore"
+    name: str | None = None
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "ensemble":
+            return "ensemble(" + "+".join(m.display_name() for m in self.members) + ")"
+        return f"{self.kind}:{self.model}" if self.model else self.kind
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """What every teacher provides (see module docstring)."""
+
+    spec: TeacherSpec
+    scale: str
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def score(self, queries: list[str], passages: list[str]) -> np.ndarray: ...
+
+
+_REGISTRY: dict[str, Callable[[TeacherSpec], Teacher]] = {}
+
+
+def register_teacher(kind: str) -> Callable:
+    """Class decorator: ``@register_teacher("bm25")`` makes ``build_teacher`` know a kind."""
+
+    def deco(cls):
+        _REGISTRY[kind] = cls
+        return cls
+
+    return deco
+
+
+def build_teacher(spec: TeacherSpec | dict) -> Teacher:
+    """Build a teacher from a spec (or its dict form).
+
+    Raises:
+        ValueError: unknown kind.
+        ModelNotFoundError: the model cannot be resolved.
+    """
+    if isinstance(spec, dict):
+        spec = TeacherSpec.model_validate(spec)
+    # import the built-in kinds so they register themselves
+    from retrieval_distill.teachers import bi_encoder, bm25, ensemble  # noqa: F401
+
+    try:
+        from retrieval_distill.teachers import colbert, cross_encoder  # noqa: F401
+    except ImportError:  # pragma: no cover - optional kinds not yet present
+        pass
+    if spec.kind not in _REGISTRY:
+        raise ValueError(f"unknown teacher kind {spec.kind!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[spec.kind](spec)
+
+
+def spec_fingerprint(spec: TeacherSpec, weights_fp: str = "") -> str:
+    """Fingerprint of a spec plus the weights fingerprint of its model(s)."""
+    return fingerprint_obj({"spec": spec.model_dump(), "weights": weights_fp})
+
+
+def score_pairs(
+    teacher: Teacher, qids: list[str], queries: list[str], docids: list[str], passages: list[str]
+) -> np.ndarray:
+    """Score pairs, using ids where the teacher can (``score_ids``), texts otherwise.
+
+    Returns:
+        float32 array of shape (n,).
+    """
+    if hasattr(teacher, "score_ids"):
+        out = teacher.score_ids(qids, queries, docids, passages)
+    else:
+        out = teacher.score(queries, passages)
+    return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,44 @@
+"""Test session set-up: offline models, temporary caches, ranx warmed once."""
+
+import os
+import tempfile
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="rd-tests-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("IR_DATASETS_HOME", str(_TMP / "ir_datasets"))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(_TMP / "numba"))
+os.environ.setdefault("OPENAI_API_KEY", "unused-dummy-key")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+ADI = SHARED_DATA / "classic" / "adi"
+SCIFACT = SHARED_DATA / "beir" / "scifact"
+TREC_DL = SHARED_DATA / "msmarco" / "trec-dl-subset"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_ranx():
+    """ranx compiles with numba on first use (~10 s): do it once per session."""
+    from ranx import Qrels, Run, evaluate
+
+    evaluate(Qrels({"q": {"d": 1}}), Run({"q": {"d": 1.0, "e": 0.5}}), ["ndcg@10", "mrr@10", "recall@100", "map"])
+
+
+@pytest.fixture(scope="session")
+def adi():
+    from retrieval_distill.data.collections import load_collection
+
+    return load_collection(ADI, split="test")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from retrieval_distill.models import load_sentence_transformer
+
+    return load_sentence_transformer("all-MiniLM-L6-v2")
