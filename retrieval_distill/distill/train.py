@@ -1,0 +1,187 @@
+"""Train a bi-encoder student from teacher scores with the sentence-transformers trainer.
+
+The loop is sentence-transformers' (``SentenceTransformerTrainer``); this module builds the
+loss from a config, checkpoints so a killed run resumes (``resume_from_checkpoint``), and
+writes a training card (``training_card.json``) and a loss-curve PNG into the model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval_distill.utils import write_json_atomic
+
+
+class LossSpec(BaseModel):
+    """One loss term: ``name`` (``margin_mse``, ...) with its options and weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "margin_mse"
+    weight: float = 1.0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(BaseModel):
+    """Student training settings (YAML ``student.train`` section).
+
+    Attributes:
+        init: student initialisation (path / bundled alias / hub name).
+        losses: loss terms, summed with their weights.
+        n_negatives: hard negatives per example.
+        negative_depth: negatives sampled from the teacher's top-k non-relevant candidates.
+        epochs, batch_size, lr, warmup_ratio, weight_decay: optimiser settings.
+        max_seq_length: token limit for passages during training (tokens).
+        seed: everything random is seeded with it.
+        save_steps: checkpoint interval (steps) for resume after a kill.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    init: str = "all-MiniLM-L6-v2"
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec()])
+    n_negatives: int = 3
+    negative_depth: int = 30
+    epochs: float = 1.0
+    batch_size: int = 16
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_seq_length: int = 256
+    seed: int = 13
+    save_steps: int = 50
+
+
+def build_loss(model, specs: list[LossSpec]):
+    """Instantiate the loss terms of ``specs`` for ``model`` (a ``SentenceTransformer``).
+
+    Raises:
+        ValueError: an unknown loss name.
+    """
+    from retrieval_distill.distill import losses as L
+
+    known = L.LOSSES if hasattr(L, "LOSSES") else {"margin_mse": L.MarginMSELoss}
+    terms = []
+    for s in specs:
+        if s.name not in known:
+            raise ValueError(f"unknown loss {s.name!r}; known: {sorted(known)}")
+        terms.append((known[s.name](model, **s.options), s.weight))
+    if len(terms) == 1 and terms[0][1] == 1.0:
+        return terms[0][0]
+    return L.CombinedLoss(model, terms)
+
+
+def train_student(
+    cfg: TrainConfig,
+    examples: list[dict],
+    output_dir: str | os.PathLike,
+    card: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Train a student and save it to ``output_dir`` (a sentence-transformers folder).
+
+    Args:
+        cfg: training settings.
+        examples: from :func:`retrieval_distill.distill.data.build_examples`.
+        output_dir: final model folder; checkpoints go to ``<output_dir>.ckpt`` and a killed
+            run resumes from the last one.
+        card: extra facts for the training card (teacher, data, dev metrics ...).
+
+    Returns:
+        the model folder.
+    """
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from retrieval_distill.models import load_sentence_transformer
+
+    torch.manual_seed(cfg.seed)
+    output_dir = Path(output_dir)
+    ckpt_dir = output_dir.with_name(output_dir.name + ".ckpt")
+    model = load_sentence_transformer(cfg.init)
+    model.max_seq_length = cfg.max_seq_length
+    loss = build_loss(model, cfg.losses)
+    ds = Dataset.from_list(examples)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=5,
+        report_to="none",
+        disable_tqdm=not show_progress,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
+    resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.time() - t0
+    tmp = output_dir.with_name(output_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    info = {
+        "init": cfg.init,
+        "losses": [s.model_dump() for s in cfg.losses],
+        "loss_citations": {s.name: getattr(t, "citation", "") for s, t in zip(cfg.losses, _terms(loss))},
+        "config": cfg.model_dump(),
+        "examples": len(examples),
+        "steps": trainer.state.global_step,
+        "train_seconds": round(seconds, 1),
+        "resumed": bool(resume),
+        "seed": cfg.seed,
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
+        **(card or {}),
+    }
+    write_json_atomic(tmp / "training_card.json", info)
+    _plot_loss(history, tmp / "loss_curve.png")
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return output_dir
+
+
+def _terms(loss) -> list:
+    return [t for t, _ in loss.terms] if hasattr(loss, "terms") else [loss]
+
+
+def _plot_loss(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("student training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def update_card(model_dir: str | os.PathLike, **facts: Any) -> None:
+    """Add facts (e.g. dev/test metrics) to a model folder's training card."""
+    p = Path(model_dir) / "training_card.json"
+    card = json.loads(p.read_text()) if p.exists() else {}
+    card.update(facts)
+    write_json_atomic(p, card)
