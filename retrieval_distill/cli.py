@@ -30,6 +30,25 @@ app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 
 
+@app.command("pipeline")
+def pipeline_cmd(
+    config: str = typer.Argument(..., help="pipeline YAML (eval/configs/scifact.yaml)"),
+    profile: str = typer.Option(None, help="profile of the config to apply (quick, full)"),
+    force: list[str] = typer.Option([], help="rerun this stage even if up to date (repeatable)"),
+    until: str = typer.Option(None, help="stop after this stage"),
+):
+    """Run every stage (splits, bm25, init, candidates, teacher, train, index, eval); skip those
+    whose outputs exist and match their inputs; print stage wall times and the metrics table."""
+    from retrieval_distill.pipeline import Pipeline
+    from retrieval_distill.config import load_config
+
+    cfg = load_config(config, profile)
+    unknown = set(force) - set(Pipeline.STAGES)
+    if unknown:
+        raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(Pipeline.STAGES)}")
+    Pipeline(cfg, force=set(force), echo=typer.echo).run(until=until)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,109 @@
+"""Pydantic models of a pipeline config (YAML), with named profiles.
+
+A config file holds a base config plus ``profiles:`` whose entries are deep-merged over
+the base (``rd pipeline eval/configs/scifact.yaml --profile quick``). Unknown keys are
+errors, so a typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval_distill.distill.train import TrainConfig
+from retrieval_distill.teachers.base import TeacherSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    """Which qrels splits are used. ``dev_size`` queries are carved out of ``train`` with
+    ``seed`` (fixed), and every choice is made on dev; ``test`` is only reported."""
+
+    train: str = "train"
+    test: str = "test"
+    dev_size: int = 120
+    seed: int = 13
+
+
+class CandidateConfig(_Strict):
+    """Candidate lists: the union of BM25 top-``bm25_k`` and student-init top-``dense_k``."""
+
+    bm25_k: int = 100
+    dense_k: int = 100
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+
+
+class TeacherConfig(_Strict):
+    """The teacher: an ensemble of ``members`` normalised per query, weights chosen on dev
+    from ``weight_grid`` (each member's weight takes a value from the grid)."""
+
+    members: list[TeacherSpec]
+    normalization: str = "zscore"
+    weight_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    shard_queries: int = 64
+
+
+class IndexConfig(_Strict):
+    """FAISS indexes built from the student's document embeddings."""
+
+    factories: list[str] = Field(default_factory=lambda: ["Flat", "HNSW32"])
+    params: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"HNSW32": {"efConstruction": 200, "efSearch": 128}})
+    encode_batch_size: int = 16
+
+
+class EvalConfig(_Strict):
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"])
+    report: str = "eval/reports/scifact.md"
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline run (see ``eval/configs/scifact.yaml``)."""
+
+    name: str
+    dataset: str
+    work_dir: str
+    profile: str = "base"
+    student_init: str = "all-MiniLM-L6-v2"
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    candidates: CandidateConfig = Field(default_factory=CandidateConfig)
+    teacher: TeacherConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (lists are replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | Path, profile: str | None = None) -> PipelineConfig:
+    """Read a YAML pipeline config and apply a profile.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KeyError: an unknown profile (message lists the known ones).
+        pydantic.ValidationError: a wrong key or value.
+    """
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    profiles = raw.pop("profiles", {}) or {}
+    if profile:
+        if profile not in profiles:
+            raise KeyError(f"{path}: no profile {profile!r}; known: {sorted(profiles)}")
+        raw = deep_merge(raw, profiles[profile])
+        raw["profile"] = profile
+    return PipelineConfig.model_validate(raw)

@@ -1,0 +1,403 @@
+"""``rd pipeline CONFIG``: the whole flow of DESIGN.md on one dataset.
+
+Stages (each writes files under ``work_dir`` and a stamp ``stamps/<stage>.json`` holding a
+fingerprint of its inputs; a stage whose stamp matches and whose outputs exist is skipped):
+
+1. ``splits``     carve a fixed, seeded dev split out of the train queries
+2. ``bm25``       Lucene index (Pyserini) and BM25 runs for train / dev / test
+3. ``init``       corpus embeddings of the student init (cached) and its dense runs
+4. ``candidates`` per query, the union of BM25 top-k and init top-k (TREC runs)
+5. ``teacher``    ensemble weights chosen on dev; teacher scores of every candidate written
+                  as the Parquet score file; teacher runs (reranked candidates)
+6. ``train``      the student, trained with the configured losses on the teacher's scores
+7. ``index``      student corpus embeddings and FAISS indexes (Flat, HNSW) with manifests
+8. ``eval``       runs of every system on dev and test, metrics (ranx), significance of
+                  student vs init, Markdown + JSON report
+
+Every stage prints its wall time; the run ends with the metrics table.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from retrieval_distill.config import PipelineConfig, load_config
+from retrieval_distill.data.collections import Collection, load_collection
+from retrieval_distill.utils import fingerprint_obj, write_json_atomic
+
+SYSTEMS = ("bm25", "init", "teacher", "student")
+
+
+class Pipeline:
+    """Run the stages of a :class:`PipelineConfig`.
+
+    Args:
+        cfg: the config (see :func:`retrieval_distill.config.load_config`).
+        force: stage names to rerun even if their stamp matches.
+        echo: where progress lines go (default: print).
+    """
+
+    STAGES = ("splits", "bm25", "init", "candidates", "teacher", "train", "index", "eval")
+
+    def __init__(self, cfg: PipelineConfig, force: set[str] | None = None, echo: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.work = Path(cfg.work_dir)
+        self.force = force or set()
+        self.echo = echo
+        self.timings: dict[str, float] = {}
+        self.skipped: set[str] = set()
+        self._colls: dict[str, Collection] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def path(self, *parts: str) -> Path:
+        return self.work.joinpath(*parts)
+
+    def collection(self, split: str) -> Collection:
+        """``train`` / ``dev`` / ``test`` collections (dev = carved out of train)."""
+        if split not in self._colls:
+            if split in ("train", "dev"):
+                full = load_collection(self.cfg.dataset, split=self.cfg.splits.train)
+                sp = json.loads(self.path("splits.json").read_text())
+                self._colls["train"] = full.subset(sp["train"], name=f"{self.cfg.dataset}/train-minus-dev")
+                self._colls["dev"] = full.subset(sp["dev"], name=f"{self.cfg.dataset}/dev")
+            else:
+                self._colls[split] = load_collection(self.cfg.dataset, split=self.cfg.splits.test)
+        return self._colls[split]
+
+    def _stamp(self, stage: str, inputs: dict) -> tuple[Path, str]:
+        return self.path("stamps", f"{stage}.json"), fingerprint_obj(inputs)
+
+    def run_stage(self, stage: str, inputs: dict, outputs: list[Path], fn: Callable[[], None]) -> None:
+        stamp_path, fp = self._stamp(stage, inputs)
+        if stage not in self.force and stamp_path.exists() and all(p.exists() for p in outputs):
+            if json.loads(stamp_path.read_text()).get("fingerprint") == fp:
+                self.skipped.add(stage)
+                self.timings[stage] = 0.0
+                self.echo(f"[{stage}] up to date, skipped")
+                return
+        self.echo(f"[{stage}] running")
+        t0 = time.time()
+        fn()
+        missing = [str(p) for p in outputs if not p.exists()]
+        if missing:
+            raise RuntimeError(f"stage {stage} did not write {missing}")
+        self.timings[stage] = time.time() - t0
+        write_json_atomic(stamp_path, {"fingerprint": fp, "inputs": inputs, "seconds": round(self.timings[stage], 1)})
+        self.echo(f"[{stage}] done in {self.timings[stage]:.1f} s")
+
+    # ------------------------------------------------------------------ stages
+    def splits(self) -> None:
+        c = self.cfg.splits
+
+        def go():
+            full = load_collection(self.cfg.dataset, split=c.train)
+            qids = sorted(full.judged_qids())
+            dev = sorted(random.Random(c.seed).sample(qids, min(c.dev_size, len(qids) // 4)))
+            dev_set = set(dev)
+            write_json_atomic(self.path("splits.json"), {"dev": dev, "train": [q for q in qids if q not in dev_set], "seed": c.seed})
+
+        self.run_stage("splits", {"dataset": self.cfg.dataset, **c.model_dump()}, [self.path("splits.json")], go)
+
+    def bm25(self) -> None:
+        c = self.cfg.candidates
+        outs = [self.path("runs", f"bm25.{s}.trec") for s in ("train", "dev", "test")]
+
+        def go():
+            from retrieval_distill.evaluation.runs import write_run
+            from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+
+            idx = self.path("bm25-index")
+            build_bm25_index(self.collection("test"), idx)
+            searcher = BM25Searcher(idx, k1=c.bm25_k1, b=c.bm25_b)
+            for split, out in zip(("train", "dev", "test"), outs):
+                res = searcher.batch_search(self.collection(split).queries, k=c.bm25_k)
+                write_run(out, {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="bm25")
+
+        self.run_stage("bm25", {"dataset": self.cfg.dataset, **c.model_dump(), "splits": self._stamp_fp("splits")}, outs, go)
+
+    def _stamp_fp(self, stage: str) -> str | None:
+        p = self.path("stamps", f"{stage}.json")
+        return json.loads(p.read_text())["fingerprint"] if p.exists() else None
+
+    def _embeddings(self, model: str, name: str) -> tuple[list[str], np.ndarray]:
+        """Corpus embeddings of ``model`` (cached and resumable, see index.build.encode_corpus)."""
+        from retrieval_distill.index.build import encode_corpus
+        from retrieval_distill.models.encoder import Encoder
+
+        enc = Encoder(model, batch_size=self.cfg.index.encode_batch_size)
+        return encode_corpus(enc, self.collection("test"), self.path("embeddings", name))
+
+    def _dense_runs(self, model: str, emb_name: str, tag: str, k: int) -> None:
+        from retrieval_distill.evaluation.runs import write_run
+        from retrieval_distill.models.encoder import Encoder
+
+        docids, emb = self._embeddings(model, emb_name)
+        enc = Encoder(model)
+        for split in ("train", "dev", "test"):
+            coll = self.collection(split)
+            qids = list(coll.queries)
+            qe = enc.encode_queries([coll.queries[q] for q in qids])
+            scores = qe @ emb.T
+            run = {}
+            for i, q in enumerate(qids):
+                top = np.argpartition(-scores[i], k)[:k]
+                run[q] = {docids[j]: float(scores[i, j]) for j in top}
+            write_run(self.path("runs", f"{tag}.{split}.trec"), run, tag=tag)
+
+    def init(self) -> None:
+        outs = [self.path("runs", f"init.{s}.trec") for s in ("train", "dev", "test")]
+        inputs = {"model": self.cfg.student_init, "k": self.cfg.candidates.dense_k, "splits": self._stamp_fp("splits")}
+        self.run_stage("init", inputs, outs, lambda: self._dense_runs(self.cfg.student_init, "init", "init", self.cfg.candidates.dense_k))
+
+    def candidates(self) -> None:
+        outs = [self.path("candidates", f"{s}.trec") for s in ("train", "dev", "test")]
+
+        def go():
+            from retrieval_distill.evaluation.runs import read_run, write_run
+
+            for split, out in zip(("train", "dev", "test"), outs):
+                bm = read_run(self.path("runs", f"bm25.{split}.trec"))
+                de = read_run(self.path("runs", f"init.{split}.trec"))
+                run = {}
+                for q in self.collection(split).queries:
+                    # reciprocal-rank fusion orders the union; every candidate of either list is kept
+                    fused: dict[str, float] = {}
+                    for r in (bm.get(q, {}), de.get(q, {})):
+                        for rank, d in enumerate(sorted(r, key=lambda d: -r[d]), 1):
+                            fused[d] = fused.get(d, 0.0) + 1.0 / (60 + rank)
+                    if split == "train":
+                        # training needs the teacher's score of every positive, found or not
+                        floor = min(fused.values(), default=1.0) / 2
+                        for d, g in self.collection(split).qrels.get(q, {}).items():
+                            if g > 0 and d not in fused:
+                                fused[d] = floor
+                    run[q] = fused
+                write_run(out, run, tag="candidates")
+
+        inputs = {"bm25": self._stamp_fp("bm25"), "init": self._stamp_fp("init")}
+        self.run_stage("candidates", inputs, outs, go)
+
+    def teacher(self) -> None:
+        tc = self.cfg.teacher
+        outs = [self.path("teacher", "scores", s, "manifest.json") for s in ("train", "dev", "test")]
+        outs += [self.path("runs", f"teacher.{s}.trec") for s in ("dev", "test")] + [self.path("teacher", "ensemble.json")]
+
+        def go():
+            from retrieval_distill.evaluation.runs import read_run, write_run
+            from retrieval_distill.teachers.base import TeacherSpec, build_teacher
+            from retrieval_distill.teachers.scoring import read_scores, score_candidates
+
+            members = [self._member_spec(m) for m in tc.members]
+            # 1. weights on dev: score dev candidates with each member once, grid-search the weights
+            dev = self.collection("dev")
+            dev_cands = read_run(self.path("candidates", "dev.trec"))
+            member_scores = []
+            for m in members:
+                t = build_teacher(m)
+                self._prime(t, m)
+                member_scores.append(self._score_run(t, dev, dev_cands))
+            best = self._fit_weights(dev, dev_cands, member_scores, tc)
+            spec = TeacherSpec(kind="ensemble", members=members, weights=best["weights"], normalization=tc.normalization, name="ensemble")
+            write_json_atomic(self.path("teacher", "ensemble.json"), {"spec": spec.model_dump(), "dev": best})
+            self.echo(f"  teacher weights {best['weights']} (dev nDCG@10 {best['ndcg@10']:.4f})")
+            teacher = build_teacher(spec)
+            for m_t, m_spec in zip(getattr(teacher, "members", []), members):
+                self._prime(m_t, m_spec)
+            # 2. the score file for every split, and teacher runs for dev/test
+            for split in ("train", "dev", "test"):
+                coll = self.collection(split)
+                out_dir = self.path("teacher", "scores", split)
+                score_candidates(
+                    teacher, self.path("candidates", f"{split}.trec"), coll, out_dir,
+                    shard_queries=tc.shard_queries,
+                )
+                if split != "train":
+                    df = read_scores(out_dir)
+                    run: dict[str, dict[str, float]] = {}
+                    for q, d, s in zip(df["qid"], df["docid"], df["score"]):
+                        run.setdefault(q, {})[d] = float(s)
+                    write_run(self.path("runs", f"teacher.{split}.trec"), run, tag="teacher")
+
+        inputs = {"teacher": tc.model_dump(), "candidates": self._stamp_fp("candidates")}
+        self.run_stage("teacher", inputs, outs, go)
+
+    def _member_spec(self, m):
+        """Fill in work-dir dependent options (the BM25 index path)."""
+        m = m.model_copy(deep=True)
+        if m.kind == "bm25":
+            m.options.setdefault("index", str(self.path("bm25-index")))
+            m.options.setdefault("k1", self.cfg.candidates.bm25_k1)
+            m.options.setdefault("b", self.cfg.candidates.bm25_b)
+        return m
+
+    def _prime(self, teacher, spec) -> None:
+        """Give an embedding teacher the cached corpus embeddings (no second encoding)."""
+        if spec.kind == "bi_encoder" and hasattr(teacher, "set_document_embeddings"):
+            name = "init" if spec.model == self.cfg.student_init else "teacher-" + str(spec.model).replace("/", "_")
+            docids, emb = self._embeddings(spec.model, name)
+            teacher.set_document_embeddings(docids, emb)
+
+    def _score_run(self, teacher, coll: Collection, cands: dict) -> dict[str, dict[str, float]]:
+        from retrieval_distill.teachers.base import score_pairs
+
+        out = {}
+        for q in coll.queries:
+            docids = list(cands.get(q, {}))
+            s = score_pairs(teacher, [q] * len(docids), [coll.queries[q]] * len(docids), docids, coll.doc_texts(docids))
+            out[q] = dict(zip(docids, map(float, s)))
+        return out
+
+    def _fit_weights(self, dev: Collection, cands, member_scores, tc) -> dict:
+        """Grid search of member weights on dev by nDCG@10, per-query normalised scores."""
+        from retrieval_distill.evaluation.metrics import evaluate
+        from retrieval_distill.teachers.ensemble import normalize_scores
+
+        norm = [{q: normalize_scores(s, tc.normalization) for q, s in ms.items()} for ms in member_scores]
+        best = None
+        for w in product(tc.weight_grid, repeat=len(norm)):
+            if sum(w) == 0 or (len(w) > 1 and max(w) < max(tc.weight_grid)):
+                continue  # all-zero, or a rescaled copy of another grid point
+            run = {q: {d: sum(wi * n[q][d] for wi, n in zip(w, norm)) for d in norm[0][q]} for q in norm[0]}
+            nd = evaluate(dev.qrels, run, ["ndcg@10"]).overall["ndcg@10"]
+            if best is None or nd > best["ndcg@10"] + 1e-12:
+                best = {"weights": list(w), "ndcg@10": nd}
+        return best
+
+    def train(self) -> None:
+        out = self.path("models", "student")
+
+        def go():
+            from retrieval_distill.distill.data import build_examples
+            from retrieval_distill.distill.train import train_student
+            from retrieval_distill.evaluation.runs import read_run
+            from retrieval_distill.teachers.scoring import read_scores
+
+            coll = self.collection("train")
+            cands = read_run(self.path("candidates", "train.trec"))
+            df = read_scores(self.path("teacher", "scores", "train"))
+            scores: dict[str, dict[str, float]] = {}
+            for q, d, s in zip(df["qid"], df["docid"], df["score"]):
+                scores.setdefault(q, {})[d] = float(s)
+            ex = build_examples(
+                coll, list(coll.queries), {q: list(r) for q, r in cands.items()}, scores,
+                n_negatives=self.cfg.train.n_negatives, negative_depth=self.cfg.train.negative_depth, seed=self.cfg.train.seed,
+            )
+            self.echo(f"  {len(ex)} training examples from {len(coll.queries)} queries")
+            manifest = json.loads(self.path("teacher", "scores", "train", "manifest.json").read_text())
+            train_student(self.cfg.train, ex, out, card={
+                "teacher": manifest.get("teacher"), "teacher_fingerprint": manifest.get("fingerprint"),
+                "data": {"dataset": self.cfg.dataset, "split": "train minus dev", "queries": len(coll.queries)},
+            })
+
+        inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
+        self.run_stage("train", inputs, [out / "training_card.json"], go)
+
+    def index(self) -> None:
+        ic = self.cfg.index
+        outs = [self.path("index", f.lower(), "CURRENT") for f in ic.factories]
+
+        def go():
+            from retrieval_distill.index.build import build_index
+            from retrieval_distill.index.store import IndexStore
+            from retrieval_distill.models import model_fingerprint
+
+            model = str(self.path("models", "student"))
+            docids, emb = self._embeddings(model, "student")
+            for f in ic.factories:
+                store = IndexStore(self.path("index", f.lower()))
+                v = build_index(
+                    emb, docids, store.new_version_dir(), factory=f, params=ic.params.get(f, {}),
+                    manifest_extra={"encoder": model, "encoder_fingerprint": model_fingerprint(model), "doc_side": "student",
+                                    "corpus": self.cfg.dataset},
+                )
+                store.publish(v.path)
+
+        inputs = {"index": ic.model_dump(), "train": self._stamp_fp("train")}
+        self.run_stage("index", inputs, outs, go)
+
+    def evaluate(self) -> dict:
+        ec = self.cfg.eval
+        report_md = Path(ec.report)
+        outs = [report_md, report_md.with_suffix(".json")]
+        result: dict = {}
+
+        def go():
+            from retrieval_distill.evaluation.compare import compare
+            from retrieval_distill.evaluation.metrics import evaluate, format_table
+            from retrieval_distill.evaluation.report import write_report
+            from retrieval_distill.evaluation.runs import read_run, write_run
+            from retrieval_distill.index.store import IndexStore
+            from retrieval_distill.models.encoder import Encoder
+            from retrieval_distill.search.dense import DenseSearcher
+
+            store = IndexStore(self.path("index", self.cfg.index.factories[0].lower()))
+            searcher = DenseSearcher(store.current(), Encoder(str(self.path("models", "student"))))
+            tables = {}
+            for split in ("dev", "test"):
+                coll = self.collection(split)
+                res = searcher.batch_search(coll.queries, k=self.cfg.candidates.dense_k)
+                write_run(self.path("runs", f"student.{split}.trec"), {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="student")
+                runs = {s: read_run(self.path("runs", f"{s}.{split}.trec")) for s in SYSTEMS}
+                tables[split] = {s: evaluate(coll.qrels, r, ec.metrics) for s, r in runs.items()}
+                if split == "test":
+                    cmp = compare(coll.qrels, runs, baseline="init", metrics=ec.metrics, out_png=report_md.with_suffix(".png"))
+            result.update(self._write_report(tables, cmp, report_md))
+
+        inputs = {"eval": ec.model_dump(), "index": self._stamp_fp("index"), "teacher": self._stamp_fp("teacher")}
+        self.run_stage("eval", inputs, outs, go)
+        if not result:
+            result.update(json.loads(report_md.with_suffix(".json").read_text()))
+        return result
+
+    def _write_report(self, tables, cmp, report_md: Path) -> dict:
+        from retrieval_distill.evaluation.metrics import format_table
+        from retrieval_distill.evaluation.report import write_report
+
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+        command = " ".join(["rd", "pipeline"] + sys.argv[2:]) if sys.argv[1:2] == ["pipeline"] else "rd pipeline"
+        metrics = self.cfg.eval.metrics
+        data = {
+            split: {s: {**r.overall, "n_judged": r.n_judged} for s, r in t.items()} for split, t in tables.items()
+        }
+        data["significance_vs_init"] = cmp.to_dict() if hasattr(cmp, "to_dict") else cmp
+        data["teacher"] = json.loads(self.path("teacher", "ensemble.json").read_text())
+        data["stage_seconds"] = {k: round(v, 1) for k, v in self.timings.items()}
+        sections = {
+            f"SciFact {split} ({t['student'].n_judged} judged queries)": format_table(t, metrics) for split, t in tables.items()
+        }
+        sections["Significance on test vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
+        write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
+                     sections=sections, command=command, commit=commit, data=data)
+        return data
+
+    # ------------------------------------------------------------------ driver
+    def run(self, until: str | None = None) -> dict:
+        t0 = time.time()
+        steps = [self.splits, self.bm25, self.init, self.candidates, self.teacher, self.train, self.index, self.evaluate]
+        result = {}
+        for name, step in zip(self.STAGES, steps):
+            r = step()
+            if name == "eval":
+                result = r
+            if until == name:
+                break
+        total = time.time() - t0
+        self.echo("\nstage wall times: " + ", ".join(f"{k} {v:.1f}s" + (" (skipped)" if k in self.skipped else "") for k, v in self.timings.items()))
+        self.echo(f"total wall time: {total:.1f} s")
+        if result:
+            self.echo("\n" + Path(self.cfg.eval.report).read_text(encoding="utf-8").split("\n## ", 2)[1].split("\n", 1)[1])
+        return result
+
+
+def run_pipeline(config: str | Path, profile: str | None = None, force: set[str] | None = None, until: str | None = None) -> dict:
+    """Load a config and run the pipeline (see module docstring)."""
+    return Pipeline(load_config(config, profile), force=force).run(until=until)
