@@ -16,6 +16,7 @@ from retrieval_distill.distill.cli import app as distill_app  # noqa: E402
 from retrieval_distill.evaluation.cli import app as eval_app  # noqa: E402
 from retrieval_distill.index.cli import app as index_app  # noqa: E402
 from retrieval_distill.search.cli import app as bm25_app  # noqa: E402
+from retrieval_distill.serve_cli import serve  # noqa: E402
 from retrieval_distill.teachers.cli import app as teacher_app  # noqa: E402
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.add_typer(teacher_app, name="teacher")
 app.add_typer(distill_app, name="student")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.command("serve")(serve)
 
 
 @app.command("pipeline")

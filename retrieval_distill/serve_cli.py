@@ -1,0 +1,62 @@
+"""`rd serve`: run the FastAPI search service (services/search_api) under uvicorn.
+
+Options left unset fall back to ``RD_*`` environment variables (see
+:class:`services.search_api.settings.ServiceSettings`); the admin API key is read only from
+``RD_ADMIN_API_KEY`` so that it never shows in a process list.
+
+Example::
+
+    rd serve --index-root work/indexes/scifact --corpus beir/scifact/test --port 8000
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="serve indexes over HTTP", no_args_is_help=True)
+
+
+@app.command("serve")
+def serve(
+    index_root: Optional[Path] = typer.Option(None, help="index store for symmetric mode (folder with CURRENT)"),
+    model: Optional[str] = typer.Option(None, help="query encoder of symmetric mode (default: the manifest's encoder)"),
+    asym_index_root: Optional[Path] = typer.Option(None, help="index store for asymmetric mode (teacher-encoded documents)"),
+    query_model: Optional[str] = typer.Option(None, help="student query encoder of asymmetric mode"),
+    corpus: Optional[str] = typer.Option(None, help="BEIR folder or dataset id giving hits' title and text"),
+    rerank_teacher: Optional[str] = typer.Option(None, help="teacher for rerank=true: kind:model, inline JSON or spec file"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1: loopback only)"),
+    port: Optional[int] = typer.Option(None, help="port (default 8000; 0 picks a free one)"),
+    max_k: Optional[int] = typer.Option(None, help="largest k a request may ask for (default 100)"),
+    batch_max_size: Optional[int] = typer.Option(None, help="micro-batch: most queries per encoder pass (default 32)"),
+    batch_max_wait_ms: Optional[float] = typer.Option(None, help="micro-batch: longest wait for companions, ms (default 2)"),
+    torch_threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: half the cores)"),
+    faiss_threads: Optional[int] = typer.Option(None, help="FAISS OpenMP threads (default 1)"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve the search API (POST /search, /search/batch; GET /healthz, /readyz, /metrics, /index)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from services.search_api.app import create_app
+    from services.search_api.settings import ServiceSettings
+
+    given = {
+        "index_root": index_root, "model": model, "asym_index_root": asym_index_root,
+        "asym_query_model": query_model, "corpus": corpus, "rerank_teacher": rerank_teacher,
+        "host": host, "port": port, "max_k": max_k, "batch_max_size": batch_max_size,
+        "batch_max_wait_ms": batch_max_wait_ms, "torch_threads": torch_threads, "faiss_threads": faiss_threads,
+    }
+    try:
+        settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        raise typer.BadParameter(str(e)) from None
+    if not settings.configured_modes():
+        raise typer.BadParameter("no index configured: pass --index-root and/or --asym-index-root (or RD_INDEX_ROOT)")
+    for m in settings.configured_modes():
+        root = settings.index_root_for(m)
+        if not Path(root).exists():
+            typer.echo(f"warning: {m} index root {root} does not exist yet; /readyz answers 503 until it is built", err=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)

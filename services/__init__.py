@@ -1,0 +1,1 @@
+"""Deployable services of retrieval-distill (the FastAPI search API)."""

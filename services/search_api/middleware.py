@@ -1,0 +1,136 @@
+"""ASGI middleware: body size limit, metrics and in-flight counting in one pass.
+
+Written as plain ASGI (not Starlette's ``BaseHTTPMiddleware``) to keep per-request
+overhead to a few microseconds on the hot path.
+
+* A request body over ``max_body_bytes`` answers 413 before the app sees it, whether the
+  client declared a ``Content-Length`` or streamed it chunked; a malformed
+  ``Content-Length`` answers 400, and so does a body that is not UTF-8 (JSON must be,
+  RFC 8259 section 8.1).
+* Every HTTP response is counted and timed by endpoint, mode (the handler writes
+  ``scope["rd_mode"]``) and status.
+* Search requests in flight are counted from the moment they arrive, so the
+  micro-batcher knows when waiting for companions is worthwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+from services.search_api.metrics import ServiceMetrics
+
+SEARCH_PATHS = frozenset(["/search"])
+
+
+class InFlight:
+    """A counter of search requests that have arrived and not yet got their hits."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        return self.n
+
+
+def release_inflight(scope: dict, inflight: InFlight) -> None:
+    """Mark this request's search as done (idempotent); called by the handler once it has hits."""
+    if scope.get("rd_inflight"):
+        scope["rd_inflight"] = False
+        inflight.n -= 1
+
+
+async def _send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ServiceMiddleware:
+    """Wrap the FastAPI app (see module docstring)."""
+
+    def __init__(self, app: Callable, metrics: ServiceMetrics, inflight: InFlight, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.inflight = inflight
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        status_box = [500]
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = int(message["status"])
+            await send(message)
+
+        if path in SEARCH_PATHS:
+            scope["rd_inflight"] = True
+            self.inflight.n += 1
+        try:
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                checked = await self._limit_body(scope, receive, send_wrapper)
+                if checked is None:
+                    return
+                receive = checked
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            release_inflight(scope, self.inflight)
+            self.metrics.observe(path, scope.get("rd_mode", ""), status_box[0], started)
+
+    async def _limit_body(self, scope: dict, receive: Callable, send: Callable) -> Callable | None:
+        """Read the whole body (at most the limit); answer 413/400 and return ``None`` if refused."""
+        limit = self.max_body_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                    if declared < 0:
+                        raise ValueError
+                except ValueError:
+                    await _send_json(send, 400, {"detail": "malformed Content-Length header"})
+                    return None
+                if declared > limit:
+                    await _send_json(send, 413, {"detail": f"request body of {declared} bytes exceeds the limit of {limit} bytes"})
+                    return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send_json(send, 413, {"detail": f"request body exceeds the limit of {limit} bytes"})
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            await _send_json(send, 400, {"detail": f"request body is not valid UTF-8 (byte {e.start}: {e.reason})"})
+            return None
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
