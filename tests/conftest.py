@@ -42,3 +42,16 @@ def minilm():
     from retrieval_distill.models import load_sentence_transformer
 
     return load_sentence_transformer("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def adi_bm25_run(adi, tmp_path_factory):
+    """(Lucene index folder, BM25 top-10 TREC run of the 35 ADI queries) built once."""
+    from retrieval_distill.evaluation.runs import write_run
+    from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+
+    root = tmp_path_factory.mktemp("adi-bm25")
+    index = build_bm25_index(adi, root / "index")
+    res = BM25Searcher(index).batch_search(adi.queries, k=10)
+    run = write_run(root / "bm25.top10.trec", {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="bm25")
+    return index, run

@@ -117,3 +117,44 @@ def score_pairs(
     else:
         out = teacher.score(queries, passages)
     return np.asarray(out, dtype=np.float32)
+
+
+def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
+    """A spec from the command line: a JSON/YAML file path, inline JSON, or ``kind:model``
+    shorthand (``bi_encoder:all-MiniLM-L6-v2``, ``bm25``); ``options`` are merged in.
+
+    Raises:
+        ValueError: text that is none of these, or a spec that does not validate.
+    """
+    import json
+    from pathlib import Path
+
+    text = text.strip()
+    p = Path(text)
+    if p.is_file():
+        raw = p.read_text(encoding="utf-8")
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw)
+        else:
+            data = json.loads(raw)
+    elif text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"teacher spec is not valid JSON: {e}") from None
+    else:
+        kind, _, model = text.partition(":")
+        if not kind or " " in kind:
+            raise ValueError(f"teacher spec {text!r}: expected a spec file, inline JSON or kind:model")
+        data = {"kind": kind, "model": model or None}
+    if isinstance(data, dict) and "teacher" in data and "kind" not in data:
+        data = data["teacher"]  # a score-folder manifest or a config section
+    try:
+        spec = TeacherSpec.model_validate(data)
+    except Exception as e:
+        raise ValueError(f"invalid teacher spec {text[:80]!r}: {e}") from None
+    if options:
+        spec.options = {**spec.options, **options}
+    return spec

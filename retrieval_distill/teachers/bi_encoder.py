@@ -1,0 +1,185 @@
+"""Bi-encoder (embedding) teacher: cosine similarity of sentence-transformers embeddings.
+
+The score of a pair is ``cos(E(query), E(passage))`` with L2-normalised embeddings from
+:class:`retrieval_distill.models.encoder.Encoder` (Reimers & Gurevych 2019,
+"Sentence-BERT"); ``all-mpnet-base-v2`` is the embedding teacher here.
+
+Document-side work is cached: :meth:`BiEncoderTeacher.score_ids` keeps each document's
+embedding by docid (and each query's by text), so scoring 100 candidates of one query
+costs one query encoding plus the documents not seen before. A precomputed
+``(docids, embeddings)`` array can be handed in with :meth:`set_document_embeddings`
+(the scoring job does that from its on-disk document pass).
+
+Spec options:
+    batch_size (int, 32): texts per forward pass.
+    max_length (int | None): token limit (``None`` keeps the model's own).
+    cache_documents (bool, True): keep document embeddings by docid across calls.
+    dtype ("fp32" | "bf16"): bf16 runs the forward pass under ``torch.autocast``; it is
+        checked against fp32 on a sample first (see :mod:`retrieval_distill.teachers.speed`).
+        On the 2 shared CPU cores here bf16 measured slower than fp32 for MiniLM, so fp32
+        is the default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
+
+DEFAULT_MODEL = "all-mpnet-base-v2"
+
+
+@register_teacher("bi_encoder")
+class BiEncoderTeacher:
+    """Cosine-similarity teacher over a sentence-transformers bi-encoder.
+
+    Args:
+        spec: ``TeacherSpec(kind="bi_encoder", model=..., options={...})`` (options above).
+
+    Raises:
+        ModelNotFoundError: the model cannot be resolved.
+        ValueError: unknown ``dtype``.
+    """
+
+    scale = "cosine"
+
+    def __init__(self, spec: TeacherSpec):
+        from retrieval_distill.models.encoder import Encoder
+
+        self.spec = spec
+        opts = spec.options
+        self.model_name = spec.model or DEFAULT_MODEL
+        self.dtype = opts.get("dtype", "fp32")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"bi_encoder dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
+        self.encoder = Encoder(
+            self.model_name,
+            batch_size=int(opts.get("batch_size", 32)),
+            max_length=opts.get("max_length"),
+            show_progress=False,
+        )
+        self.max_length = int(self.encoder.doc_model.max_seq_length)
+        self.tokenizer = self.encoder.doc_model.tokenizer
+        self.cache_documents = bool(opts.get("cache_documents", True))
+        self._doc_cache: dict[str, np.ndarray] = {}
+        self._query_cache: dict[str, np.ndarray] = {}
+        self._fp: str | None = None
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Spec plus model weights fingerprint (16 hex chars)."""
+        if self._fp is None:
+            self._fp = spec_fingerprint(self.spec, self.encoder.fingerprint())
+        return self._fp
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    # -- encoding -----------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == "bf16":
+            import torch
+
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Queries -> float32 (n, dim), L2-normalised."""
+        with self._autocast():
+            return np.asarray(self.encoder.encode_queries(list(texts)), dtype=np.float32)
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray:
+        """Passages -> float32 (n, dim), L2-normalised. sentence-transformers sorts each
+        call's texts by length before batching, which cuts padding."""
+        with self._autocast():
+            return np.asarray(self.encoder.encode_documents(list(texts)), dtype=np.float32)
+
+    # document-side state for the scoring job's cached document pass
+    def encode_document_state(self, passages: list[str]) -> np.ndarray:
+        """Document-side state of :meth:`set_document_embeddings`: float32 (n, dim)."""
+        return self.encode_documents(passages)
+
+    def set_document_embeddings(self, docids: list[str], emb) -> None:
+        """Preload document embeddings.
+
+        Args:
+            docids: n docids.
+            emb: float32 array (n, dim) (or a list of n (dim,) arrays), L2-normalised rows
+                from the same model (checked: dimension and unit norm).
+
+        Raises:
+            ValueError: length or dimension mismatch, or rows that are not unit length.
+        """
+        emb = np.asarray(np.stack(emb) if isinstance(emb, list) else emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(docids):
+            raise ValueError(f"expected ({len(docids)}, {self.dim}) embeddings, got {emb.shape}")
+        if emb.shape[1] != self.dim:
+            raise ValueError(f"embedding dim {emb.shape[1]} != model dim {self.dim} ({self.model_name})")
+        norms = np.linalg.norm(emb, axis=1)
+        if len(norms) and not np.allclose(norms, 1.0, atol=1e-3):
+            raise ValueError("document embeddings must be L2-normalised (cosine teacher)")
+        for d, e in zip(docids, emb):
+            self._doc_cache[str(d)] = e
+
+    def clear_cache(self) -> None:
+        self._doc_cache.clear()
+        self._query_cache.clear()
+
+    # -- scoring ------------------------------------------------------------------------
+    def score(self, queries: list[str], passages: list[str]) -> np.ndarray:
+        """Cosine of each (query, passage) pair.
+
+        Args:
+            queries, passages: n texts each (repeated texts are encoded once).
+
+        Returns:
+            float32 (n,), in [-1, 1].
+        """
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
+        if not queries:
+            return np.zeros(0, dtype=np.float32)
+        uq = list(dict.fromkeys(queries))
+        up = list(dict.fromkeys(passages))
+        qe = self.encode_queries(uq)
+        pe = self.encode_documents(up)
+        qi = {t: i for i, t in enumerate(uq)}
+        pi = {t: i for i, t in enumerate(up)}
+        q = qe[[qi[t] for t in queries]]
+        p = pe[[pi[t] for t in passages]]
+        return np.einsum("nd,nd->n", q, p).astype(np.float32)
+
+    def score_ids(self, qids: list[str], queries: list[str], docids: list[str], passages: list[str]) -> np.ndarray:
+        """Like :meth:`score`, caching query embeddings by text and document embeddings by
+        docid (unless ``cache_documents`` is off), so each is encoded once.
+
+        Returns:
+            float32 (n,).
+        """
+        if not (len(qids) == len(queries) == len(docids) == len(passages)):
+            raise ValueError("qids, queries, docids and passages must have the same length")
+        if not queries:
+            return np.zeros(0, dtype=np.float32)
+        new_q = [t for t in dict.fromkeys(queries) if t not in self._query_cache]
+        if new_q:
+            for t, e in zip(new_q, self.encode_queries(new_q)):
+                self._query_cache[t] = e
+        doc_vecs: dict[str, np.ndarray] = {}
+        todo: dict[str, str] = {}
+        for d, p in zip(docids, passages):
+            if d in self._doc_cache:
+                doc_vecs[d] = self._doc_cache[d]
+            else:
+                todo.setdefault(d, p)
+        if todo:
+            for d, e in zip(todo, self.encode_documents(list(todo.values()))):
+                doc_vecs[d] = e
+                if self.cache_documents:
+                    self._doc_cache[d] = e
+        q = np.stack([self._query_cache[t] for t in queries])
+        p = np.stack([doc_vecs[d] for d in docids])
+        return np.einsum("nd,nd->n", q, p).astype(np.float32)

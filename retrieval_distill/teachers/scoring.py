@@ -1,0 +1,602 @@
+"""The offline teacher scoring job of DESIGN.md (``rd teacher score``).
+
+Input: candidates (a TREC run ``qid Q0 docid rank score tag``, ``qid docid`` pairs,
+``qid pos_docid neg_docid`` triples, or a Hofstätter TSV ``pos_score neg_score qid
+pos_pid neg_pid``), the queries and the corpus. Output: a folder with
+
+* ``part-NNNNN.parquet``: long format, columns ``qid: string, docid: string,
+  score: float32, teacher: string``; shard ``i`` holds the pairs of queries
+  ``sorted(qids)[i*n:(i+1)*n]`` (``n = queries_per_shard``), rows sorted by (qid, docid);
+  each written atomically (temporary file, fsync, ``os.replace``);
+* ``manifest.json``: the teacher spec, name, scale and fingerprint, max_length, dtype, the
+  candidate file and its fingerprint, a fingerprint of the query/passage texts, the shard
+  plan, the completed shards with row counts and SHA-256, and counts (pairs, queries,
+  duplicate candidate lines, empty passages, over-long queries, redone shards);
+* ``docstate/``: for teachers with document-side state (bi-encoder embeddings, ColBERT
+  token embeddings), that state computed once, in fixed chunks of sorted docids, each
+  written atomically, so a killed job never recomputes finished chunks and every run
+  (resumed or not, local or Ray) sees bit-identical document state.
+
+Resume rules: a rerun with the same request skips completed shards (checked by SHA-256),
+deletes and redoes a corrupt or partial shard (logged and counted), adopts a valid shard
+that was written just before a kill hit the manifest update, and removes stray temporary
+files. The final data has every (qid, docid, teacher) exactly once. A manifest made for a
+different teacher fingerprint, candidate file or texts raises :class:`ScoreFileMismatch`
+unless ``overwrite=True``.
+
+Bad input: an unknown qid or docid in the candidates raises
+:class:`~retrieval_distill.data.collections.DataFormatError` naming the file and line;
+empty passage texts and queries longer than the teacher's ``max_length`` are scored
+(truncated), counted, logged and recorded in the manifest, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from retrieval_distill.data.collections import DataFormatError
+from retrieval_distill.teachers.base import Teacher, TeacherSpec, build_teacher, score_pairs
+from retrieval_distill.utils import atomic_path, fingerprint_files, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DOCSTATE = "docstate"
+FORMAT_VERSION = 1
+COLUMNS = ("qid", "docid", "score", "teacher")
+
+
+class ScoreFileMismatch(RuntimeError):
+    """An output folder holds scores made for a different request (teacher or candidates)."""
+
+
+class IncompleteScores(RuntimeError):
+    """A score folder is not complete (the job has not finished)."""
+
+
+# ---------------------------------------------------------------------------------------
+# candidates
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Candidates:
+    """Candidate pairs read from a file.
+
+    Attributes:
+        pairs: qid -> docids (first-seen order, deduplicated).
+        lines: (qid, docid) -> 1-based line where the pair was first seen (0 for in-memory).
+        source: the file (or ``"<memory>"``).
+        fmt: ``trec``, ``pairs``, ``triples`` or ``hofstatter``.
+        duplicates: lines that repeated a pair already seen (triples repeat positives).
+    """
+
+    pairs: dict[str, list[str]]
+    lines: dict[tuple[str, str], int] = field(default_factory=dict)
+    source: str = "<memory>"
+    fmt: str = "pairs"
+    duplicates: int = 0
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(v) for v in self.pairs.values())
+
+    def where(self, qid: str, docid: str) -> str:
+        line = self.lines.get((qid, docid), 0)
+        return f"{self.source}:{line}" if line else self.source
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> "Candidates":
+        """Candidates from in-memory ``(qid, docid)`` pairs (or ``(qid, pos, neg)`` triples)."""
+        c = cls(pairs={}, fmt="pairs")
+        for i, t in enumerate(pairs, 1):
+            qid, docs = str(t[0]), [str(x) for x in t[1:]]
+            for d in docs:
+                c._add(qid, d, i)
+        c.lines = {k: 0 for k in c.lines}
+        return c
+
+    def _add(self, qid: str, docid: str, line: int) -> None:
+        if (qid, docid) in self.lines:
+            self.duplicates += 1
+            return
+        self.lines[(qid, docid)] = line
+        self.pairs.setdefault(qid, []).append(docid)
+
+
+def _detect_format(path: Path) -> str:
+    with open(path, encoding="utf-8", newline=None) as fh:
+        for line in fh:
+            parts = line.split()
+            if parts:
+                return {6: "trec", 2: "pairs", 3: "triples", 5: "hofstatter"}.get(len(parts), f"unknown({len(parts)} columns)")
+    raise DataFormatError(f"{path}: empty candidates file")
+
+
+def read_candidates(path: str | os.PathLike, fmt: str = "auto") -> Candidates:
+    """Read candidate pairs.
+
+    Args:
+        path: a TREC run (6 columns), ``qid docid`` pairs (2), ``qid pos neg`` triples (3),
+            or a Hofstätter TSV ``pos_score neg_score qid pos_pid neg_pid`` (5); whitespace
+            separated, blank lines skipped.
+        fmt: ``auto`` (by the first line's column count) or one of the above.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataFormatError: wrong column count or empty file (``file:line: reason``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such candidates file")
+    if fmt == "auto":
+        fmt = _detect_format(path)
+    ncols = {"trec": 6, "pairs": 2, "triples": 3, "hofstatter": 5}.get(fmt)
+    if ncols is None:
+        raise DataFormatError(f"{path}: cannot tell the candidates format ({fmt}); expected 6 (TREC run), 2, 3 or 5 columns")
+    c = Candidates(pairs={}, source=str(path), fmt=fmt)
+    with open(path, encoding="utf-8", newline=None) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != ncols:
+                raise DataFormatError(f"{path}:{lineno}: expected {ncols} columns ({fmt}), got {len(parts)}: {line.rstrip()[:120]!r}")
+            if fmt == "trec":
+                c._add(parts[0], parts[2], lineno)
+            elif fmt == "pairs":
+                c._add(parts[0], parts[1], lineno)
+            elif fmt == "triples":
+                c._add(parts[0], parts[1], lineno)
+                c._add(parts[0], parts[2], lineno)
+            else:
+                for col in (0, 1):
+                    try:
+                        float(parts[col])
+                    except ValueError:
+                        raise DataFormatError(f"{path}:{lineno}: score {parts[col]!r} is not a number") from None
+                c._add(parts[2], parts[3], lineno)
+                c._add(parts[2], parts[4], lineno)
+    if not c.pairs:
+        raise DataFormatError(f"{path}: no candidate pairs")
+    return c
+
+
+# ---------------------------------------------------------------------------------------
+# the shard plan
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Shard:
+    """One shard: its index, file name and sorted (qid, docid) pairs with texts."""
+
+    index: int
+    qids: list[str]
+    docids: list[str]
+    queries: list[str]
+    passages: list[str]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+    def __len__(self) -> int:
+        return len(self.docids)
+
+
+def shard_name(i: int) -> str:
+    return f"part-{i:05d}.parquet"
+
+
+def plan_shards(cands: Candidates, queries: dict[str, str], doc_text: Callable[[str], str], queries_per_shard: int) -> list[Shard]:
+    """Deterministic shards: qids sorted, ``queries_per_shard`` per shard, rows by (qid, docid)."""
+    if queries_per_shard < 1:
+        raise ValueError(f"queries_per_shard must be >= 1, got {queries_per_shard}")
+    qids = sorted(cands.pairs)
+    shards = []
+    for i in range(0, len(qids), queries_per_shard):
+        sq, sd, st, sp = [], [], [], []
+        for q in qids[i : i + queries_per_shard]:
+            for d in sorted(cands.pairs[q]):
+                sq.append(q)
+                sd.append(d)
+                st.append(queries[q])
+                sp.append(doc_text(d))
+        shards.append(Shard(i // queries_per_shard, sq, sd, st, sp))
+    return shards
+
+
+def shard_table(shard: Shard, scores: np.ndarray, teacher_name: str):
+    """The Arrow table of one shard (schema of DESIGN.md)."""
+    import pyarrow as pa
+
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != (len(shard),):
+        raise RuntimeError(f"teacher returned {scores.shape} scores for {len(shard)} pairs")
+    if not np.all(np.isfinite(scores)):
+        bad = int(np.argmax(~np.isfinite(scores)))
+        raise RuntimeError(f"teacher returned a non-finite score {scores[bad]} for ({shard.qids[bad]}, {shard.docids[bad]})")
+    return pa.table(
+        {
+            "qid": pa.array(shard.qids, type=pa.string()),
+            "docid": pa.array(shard.docids, type=pa.string()),
+            "score": pa.array(scores, type=pa.float32()),
+            "teacher": pa.array([teacher_name] * len(shard), type=pa.string()),
+        }
+    )
+
+
+def write_shard(table, path: Path) -> str:
+    """Write one shard atomically with fixed writer settings (so equal tables give equal
+    bytes, whichever backend wrote them). Returns the file's SHA-256."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=["teacher", "qid"], write_statistics=True)
+    return sha256_file(path)
+
+
+def score_shard(teacher: Teacher, shard: Shard, teacher_name: str):
+    """Score one shard with ``teacher``; returns its Arrow table."""
+    scores = score_pairs(teacher, shard.qids, shard.queries, shard.docids, shard.passages)
+    return shard_table(shard, scores, teacher_name)
+
+
+def _check_shard_file(path: Path, shard: Shard) -> str | None:
+    """Why ``path`` is not a valid copy of ``shard`` (``None`` if it is)."""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - any read failure means corrupt
+        return f"unreadable ({type(e).__name__}: {e})"
+    if tuple(t.column_names) != COLUMNS:
+        return f"columns {t.column_names} != {list(COLUMNS)}"
+    if t.num_rows != len(shard):
+        return f"{t.num_rows} rows, expected {len(shard)}"
+    if t.column("qid").to_pylist() != shard.qids or t.column("docid").to_pylist() != shard.docids:
+        return "(qid, docid) pairs differ from the shard plan"
+    if not np.all(np.isfinite(t.column("score").to_numpy())):
+        return "non-finite scores"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# document-side state (cached once, in chunks)
+# ---------------------------------------------------------------------------------------
+def has_document_state(teacher) -> bool:
+    return hasattr(teacher, "encode_document_state") and hasattr(teacher, "set_document_embeddings") and getattr(
+        teacher, "cache_documents", True
+    )
+
+
+def _save_state(path: Path, state) -> None:
+    if isinstance(state, np.ndarray):
+        arrays = {"dense": state}
+    else:  # ragged: list of (len_i, d) arrays
+        lengths = np.asarray([len(s) for s in state], dtype=np.int64)
+        arrays = {"flat": np.concatenate(state) if len(state) else np.zeros((0, 0), np.float32), "lengths": lengths}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def _load_state(path: Path, n: int):
+    with np.load(path) as z:
+        if "dense" in z:
+            arr = z["dense"]
+            if arr.shape[0] != n:
+                raise ValueError(f"{arr.shape[0]} rows, expected {n}")
+            return arr
+        flat, lengths = z["flat"], z["lengths"]
+        if len(lengths) != n or int(lengths.sum()) != flat.shape[0]:
+            raise ValueError("lengths do not match")
+        return np.split(flat, np.cumsum(lengths)[:-1]) if n else []
+
+
+def prepare_document_state(teacher, docids: list[str], doc_text: Callable[[str], str], folder: Path, chunk: int = 512, progress: bool = True) -> None:
+    """Compute (or load) the teacher's document-side state for ``docids`` (sorted, in
+    chunks of ``chunk``, each saved atomically under ``folder``) and hand it to the teacher."""
+    from tqdm.auto import tqdm
+
+    docids = sorted(set(docids))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stray in folder.glob(".*.tmp"):
+        stray.unlink(missing_ok=True)
+    bar = tqdm(total=len(docids), unit="doc", desc="document pass", disable=not progress, smoothing=0.1)
+    for i in range(0, len(docids), chunk):
+        ids = docids[i : i + chunk]
+        path = folder / f"chunk-{i // chunk:05d}.npz"
+        state = None
+        if path.exists():
+            try:
+                state = _load_state(path, len(ids))
+            except Exception as e:  # noqa: BLE001
+                log.warning("%s: corrupt document-state chunk (%s): deleting and recomputing", path, e)
+                path.unlink()
+        if state is None:
+            state = teacher.encode_document_state([doc_text(d) for d in ids])
+            _save_state(path, state)
+            state = _load_state(path, len(ids))  # use exactly what is on disk
+        teacher.set_document_embeddings(ids, state)
+        bar.update(len(ids))
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the job
+# ---------------------------------------------------------------------------------------
+def _texts_fingerprint(shards: list[Shard]) -> str:
+    h = hashlib.sha256()
+    for s in shards:
+        for q, d, t, p in zip(s.qids, s.docids, s.queries, s.passages):
+            h.update(f"{q}\t{d}\t{t}\t{p}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _count_long_queries(teacher, queries: Iterable[str]) -> tuple[int, list[str]]:
+    tok = getattr(teacher, "tokenizer", None)
+    ml = getattr(teacher, "max_length", None)
+    if tok is None or not ml:
+        return 0, []
+    long = [q for q in queries if len(tok(q, add_special_tokens=True)["input_ids"]) > ml]
+    return len(long), long[:5]
+
+
+def load_manifest(out_dir: str | os.PathLike) -> dict | None:
+    import json
+
+    p = Path(out_dir) / MANIFEST
+    if not p.exists():
+        return None
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def score_candidates(
+    teacher: TeacherSpec | dict | Teacher,
+    candidates: str | os.PathLike | Candidates,
+    queries: dict[str, str],
+    doc_text: Callable[[str], str] | dict[str, str],
+    out_dir: str | os.PathLike,
+    *,
+    corpus_ids: Iterable[str] | None = None,
+    queries_per_shard: int = 64,
+    overwrite: bool = False,
+    backend: str = "local",
+    progress: bool = True,
+    doc_chunk: int = 512,
+    max_shards: int | None = None,
+) -> dict:
+    """Score every candidate pair with a teacher into a sharded Parquet score folder.
+
+    Args:
+        teacher: a spec (or its dict) or a built teacher.
+        candidates: a candidates file (see :func:`read_candidates`) or :class:`Candidates`.
+        queries: qid -> query text.
+        doc_text: docid -> passage text (callable or dict).
+        out_dir: the output folder (created).
+        corpus_ids: the docids that exist (default: ``doc_text``'s keys when a dict);
+            a candidate docid outside them raises.
+        queries_per_shard: queries per shard (part of the request: changing it on a
+            partly done folder raises :class:`ScoreFileMismatch`).
+        overwrite: replace a folder made for a different request.
+        backend: ``local`` or ``ray`` (:mod:`retrieval_distill.scale.ray_score`).
+        progress: show a tqdm bar (pairs/s and ETA).
+        doc_chunk: documents per document-state chunk.
+        max_shards: stop after this many new shards (for tests and partial runs).
+
+    Returns:
+        the manifest (also written to ``out_dir/manifest.json``).
+
+    Raises:
+        DataFormatError: unknown qid or docid in the candidates (``file:line``).
+        ScoreFileMismatch: ``out_dir`` holds scores of another request.
+        RuntimeError: the teacher returned wrong-sized or non-finite scores.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    cands = candidates if isinstance(candidates, Candidates) else read_candidates(candidates)
+    if isinstance(doc_text, dict):
+        texts = doc_text
+        corpus_ids = texts.keys() if corpus_ids is None else corpus_ids
+        get_text: Callable[[str], str] = texts.__getitem__
+    else:
+        get_text = doc_text
+    known = set(corpus_ids) if corpus_ids is not None else None
+    for q, docs in cands.pairs.items():
+        if q not in queries:
+            raise DataFormatError(f"{cands.where(q, docs[0])}: unknown qid {q!r} (not in the queries)")
+        if known is not None:
+            for d in docs:
+                if d not in known:
+                    raise DataFormatError(f"{cands.where(q, d)}: unknown docid {d!r} (not in the corpus)")
+    shards = plan_shards(cands, queries, get_text, queries_per_shard)
+
+    if not hasattr(teacher, "score"):
+        teacher = build_teacher(teacher)
+    spec: TeacherSpec = teacher.spec
+    name = spec.display_name()
+    cand_fp = fingerprint_files([cands.source]) if Path(cands.source).is_file() else _pairs_fp(cands)
+    request = {
+        "format_version": FORMAT_VERSION,
+        "teacher": spec.model_dump(),
+        "teacher_name": name,
+        "teacher_fingerprint": teacher.fingerprint,
+        "scale": teacher.scale,
+        "max_length": getattr(teacher, "max_length", None),
+        "dtype": getattr(teacher, "dtype", "fp32"),
+        "candidates": str(Path(cands.source).resolve()) if Path(cands.source).is_file() else cands.source,
+        "candidates_format": cands.fmt,
+        "candidates_fingerprint": cand_fp,
+        "texts_fingerprint": _texts_fingerprint(shards),
+        "queries_per_shard": queries_per_shard,
+        "n_shards": len(shards),
+    }
+    manifest = load_manifest(out)
+    keys = ("format_version", "teacher_fingerprint", "candidates_fingerprint", "texts_fingerprint", "queries_per_shard")
+    if manifest is not None:
+        diff = [k for k in keys if manifest.get(k) != request[k]]
+        if diff:
+            if not overwrite:
+                raise ScoreFileMismatch(
+                    f"{out}: holds scores for another request ({', '.join(f'{k}: {manifest.get(k)} != {request[k]}' for k in diff)}); "
+                    "use another output folder or overwrite=True (--overwrite)"
+                )
+            log.warning("%s: overwriting scores of another request (%s)", out, ", ".join(diff))
+            _clear(out)
+            manifest = None
+    out.mkdir(parents=True, exist_ok=True)
+    for stray in out.glob(".part-*.tmp"):
+        log.info("%s: removing stray temporary file of a killed run", stray)
+        stray.unlink(missing_ok=True)
+
+    long_n, long_ex = _count_long_queries(teacher, dict.fromkeys(q for s in shards for q in s.queries))
+    empty = [(s.qids[i], s.docids[i]) for s in shards for i, p in enumerate(s.passages) if not p.strip()]
+    if long_n:
+        log.warning("%d queries are longer than max_length=%s tokens and are truncated (e.g. %r)", long_n, request["max_length"], long_ex[0][:80])
+    if empty:
+        log.warning("%d candidate pairs have an empty passage text; they are scored as given (e.g. %s)", len(empty), empty[:3])
+    manifest = manifest or {}
+    completed: dict[str, dict] = dict(manifest.get("completed_shards", {}))
+    redone = int(manifest.get("counts", {}).get("redone_shards", 0))
+    manifest = {
+        **request,
+        "completed_shards": completed,
+        "complete": False,
+        "counts": {
+            "pairs": sum(len(s) for s in shards),
+            "queries": len(cands.pairs),
+            "duplicate_candidate_lines": cands.duplicates,
+            "empty_passages": len(empty),
+            "empty_passage_examples": [list(p) for p in empty[:10]],
+            "queries_over_max_length": long_n,
+            "redone_shards": redone,
+        },
+    }
+
+    # which shards are done?
+    todo: list[Shard] = []
+    for s in shards:
+        path = out / s.name
+        rec = completed.get(s.name)
+        if rec is not None and path.exists() and sha256_file(path) == rec["sha256"]:
+            continue
+        if path.exists():
+            why = _check_shard_file(path, s) if rec is None else "SHA-256 differs from the manifest"
+            if why is None:  # written just before a kill hit the manifest update
+                completed[s.name] = {"rows": len(s), "sha256": sha256_file(path)}
+                log.info("%s: adopting a complete shard not yet in the manifest", path)
+                continue
+            log.warning("%s: corrupt or partial shard (%s): deleting and redoing it", path, why)
+            path.unlink()
+            manifest["counts"]["redone_shards"] += 1
+        elif rec is not None:
+            log.warning("%s: listed as completed but missing: redoing it", path)
+            manifest["counts"]["redone_shards"] += 1
+        completed.pop(s.name, None)
+        todo.append(s)
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    write_json_atomic(out / MANIFEST, manifest)
+
+    if todo and has_document_state(teacher):
+        need = sorted({d for s in shards for d in s.docids})
+        prepare_document_state(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
+
+    done_pairs = sum(len(s) for s in shards if s.name in completed)
+    bar = tqdm(total=manifest["counts"]["pairs"], initial=done_pairs, unit="pair", desc=f"score {name}", disable=not progress, smoothing=0.05)
+    t0 = time.perf_counter()
+    new_pairs = 0
+
+    def record(s: Shard, sha: str) -> None:
+        nonlocal new_pairs
+        completed[s.name] = {"rows": len(s), "sha256": sha}
+        write_json_atomic(out / MANIFEST, manifest)
+        new_pairs += len(s)
+        bar.update(len(s))
+
+    if backend == "local":
+        for s in todo:
+            sha = write_shard(score_shard(teacher, s, name), out / s.name)
+            record(s, sha)
+    elif backend == "ray":
+        from retrieval_distill.scale.ray_score import score_shards_ray
+
+        by_index = {s.index: s for s in todo}
+        for idx, sha in score_shards_ray(spec, todo, name, out, docstate=(out / DOCSTATE) if has_document_state(teacher) else None):
+            record(by_index[idx], sha)
+    else:
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    manifest["complete"] = len(completed) == len(shards)
+    manifest["last_run"] = {"backend": backend, "new_pairs": new_pairs, "seconds": round(elapsed, 3), "pairs_per_s": round(new_pairs / elapsed, 2) if elapsed > 0 and new_pairs else None}
+    manifest["completed_shards"] = dict(sorted(completed.items()))
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _pairs_fp(c: Candidates) -> str:
+    h = hashlib.sha256()
+    for q in sorted(c.pairs):
+        for d in sorted(c.pairs[q]):
+            h.update(f"{q}\t{d}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _clear(out: Path) -> None:
+    import shutil
+
+    for p in out.glob("part-*.parquet"):
+        p.unlink()
+    shutil.rmtree(out / DOCSTATE, ignore_errors=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------
+def read_scores(out_dir: str | os.PathLike, require_complete: bool = True):
+    """Read a score folder into a ``pandas.DataFrame`` (qid, docid, score float32, teacher).
+
+    Raises:
+        FileNotFoundError: no manifest in ``out_dir``.
+        IncompleteScores: the job has not finished (with ``require_complete``).
+        ScoreFileMismatch: a shard's bytes differ from the manifest's SHA-256.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    m = load_manifest(out)
+    if m is None:
+        raise FileNotFoundError(f"{out}: no {MANIFEST} (not a score folder)")
+    if require_complete and not m.get("complete"):
+        raise IncompleteScores(f"{out}: {len(m.get('completed_shards', {}))}/{m.get('n_shards')} shards done; rerun the scoring job to finish")
+    tables = []
+    for name, rec in sorted(m.get("completed_shards", {}).items()):
+        p = out / name
+        if sha256_file(p) != rec["sha256"]:
+            raise ScoreFileMismatch(f"{p}: bytes differ from the manifest (corrupt or replaced); rerun the scoring job")
+        tables.append(pq.read_table(p))
+    if not tables:
+        return pd.DataFrame({"qid": pd.Series(dtype=str), "docid": pd.Series(dtype=str), "score": pd.Series(dtype=np.float32), "teacher": pd.Series(dtype=str)})
+    df = pa.concat_tables(tables).to_pandas()
+    df["score"] = df["score"].astype(np.float32)
+    return df
+
+
+def scores_dict(out_dir: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """qid -> {docid: score} from a complete score folder (one teacher)."""
+    df = read_scores(out_dir)
+    res: dict[str, dict[str, float]] = {}
+    for q, d, s in zip(df["qid"], df["docid"], df["score"]):
+        res.setdefault(q, {})[d] = float(s)
+    return res

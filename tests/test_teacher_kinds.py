@@ -1,0 +1,181 @@
+"""Bi-encoder, BM25 and ensemble teachers on ADI with the real MiniLM model and Lucene."""
+
+import numpy as np
+import pytest
+
+from retrieval_distill.evaluation.runs import read_run
+from retrieval_distill.teachers import TeacherSpec, build_teacher
+from retrieval_distill.teachers.base import parse_spec, score_pairs
+from retrieval_distill.teachers.ensemble import normalize_per_query
+
+
+@pytest.fixture(scope="module")
+def bi(adi):
+    return build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"batch_size": 16}})
+
+
+@pytest.fixture(scope="module")
+def pairs(adi, adi_bm25_run):
+    """The BM25 top-10 of the first 4 ADI queries as flat lists."""
+    run = read_run(adi_bm25_run[1])
+    qids, qs, ds, ps = [], [], [], []
+    for q in list(run)[:4]:
+        for d in run[q]:
+            qids.append(q)
+            qs.append(adi.queries[q])
+            ds.append(d)
+            ps.append(adi.doc_text(d))
+    return qids, qs, ds, ps
+
+
+def test_bi_encoder_scores_are_cosines_of_the_model(adi, bi, minilm, pairs):
+    qids, qs, ds, ps = pairs
+    s = bi.score(qs, ps)
+    assert s.dtype == np.float32 and s.shape == (len(qs),)
+    q = minilm.encode(qs[:3], normalize_embeddings=True)
+    p = minilm.encode(ps[:3], normalize_embeddings=True)
+    np.testing.assert_allclose(s[:3], (q * p).sum(1), atol=1e-5)
+    assert bi.scale == "cosine" and len(bi.fingerprint) == 16
+
+
+def test_bi_encoder_score_ids_caches_queries_and_documents(adi, bi, pairs):
+    qids, qs, ds, ps = pairs
+    bi.clear_cache()
+    calls = {"q": 0, "d": 0}
+    enc_q, enc_d = bi.encode_queries, bi.encode_documents
+
+    def count_q(texts):
+        calls["q"] += len(texts)
+        return enc_q(texts)
+
+    def count_d(texts):
+        calls["d"] += len(texts)
+        return enc_d(texts)
+
+    bi.encode_queries, bi.encode_documents = count_q, count_d
+    try:
+        a = bi.score_ids(qids, qs, ds, ps)
+        assert calls == {"q": 4, "d": len(set(ds))}  # one encoding per query and per document
+        b = bi.score_ids(qids, qs, ds, ps)
+        assert calls == {"q": 4, "d": len(set(ds))}  # second call: all cached
+    finally:
+        del bi.encode_queries, bi.encode_documents
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, bi.score(qs, ps), atol=1e-5)
+
+
+def test_bi_encoder_preloaded_document_embeddings(adi, bi, pairs):
+    qids, qs, ds, ps = pairs
+    bi.clear_cache()
+    uniq = sorted(set(ds))
+    emb = bi.encode_documents([adi.doc_text(d) for d in uniq])
+    # preload *different* unit vectors to prove the preloaded ones are used
+    rolled = np.roll(emb, 1, axis=0)
+    bi.set_document_embeddings(uniq, rolled)
+    s = bi.score_ids(qids, qs, ds, ps)
+    qe = bi.encode_queries(qs)
+    expect = np.array([qe[i] @ rolled[uniq.index(d)] for i, d in enumerate(ds)], dtype=np.float32)
+    np.testing.assert_allclose(s, expect, atol=1e-6)
+    with pytest.raises(ValueError, match="dim"):
+        bi.set_document_embeddings(uniq[:2], np.ones((2, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="normalised"):
+        bi.set_document_embeddings(uniq[:2], 3 * emb[:2])
+    bi.clear_cache()
+
+
+def test_bm25_teacher_matches_lucene_search(adi, adi_bm25_run):
+    index, run_path = adi_bm25_run
+    run = read_run(run_path)
+    t = build_teacher({"kind": "bm25", "options": {"index": str(index)}})
+    assert t.scale == "bm25"
+    q = next(iter(run))
+    docs = list(run[q])
+    s = score_pairs(t, [q] * len(docs), [adi.queries[q]] * len(docs), docs, [""] * len(docs))
+    np.testing.assert_allclose(s, [run[q][d] for d in docs], rtol=1e-4)
+    with pytest.raises(TypeError, match="score_ids"):
+        t.score(["a"], ["b"])
+    with pytest.raises(KeyError, match="not in the BM25 index"):
+        t.score_ids([q], [adi.queries[q]], ["no-such-doc"], [""])
+
+
+def test_bm25_teacher_bad_spec(tmp_path):
+    with pytest.raises(ValueError, match="index"):
+        build_teacher({"kind": "bm25"})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_teacher({"kind": "bm25", "options": {"index": str(tmp_path / "missing")}})
+
+
+def test_normalisation_hand_computed():
+    s = np.array([1.0, 2.0, 3.0, 10.0, 10.0, 40.0])
+    groups = [np.array([0, 1, 2]), np.array([3, 4, 5])]
+    z = normalize_per_query(s, groups, "zscore")
+    sd = np.sqrt(2 / 3)
+    np.testing.assert_allclose(z[:3], [-1 / sd, 0, 1 / sd])
+    # second query: mean 20, population std sqrt(200)
+    np.testing.assert_allclose(z[3:], [-10 / np.sqrt(200), -10 / np.sqrt(200), 20 / np.sqrt(200)])
+    m = normalize_per_query(s, groups, "minmax")
+    np.testing.assert_allclose(m, [0, 0.5, 1, 0, 0, 1])
+    # constant list -> zeros, not NaN
+    assert normalize_per_query(np.array([5.0, 5.0]), [np.array([0, 1])], "zscore").tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError):
+        normalize_per_query(s, groups, "rank")
+
+
+def test_ensemble_fuses_per_query(adi, adi_bm25_run, pairs):
+    index, _ = adi_bm25_run
+    qids, qs, ds, ps = pairs
+    members = [{"kind": "bm25", "options": {"index": str(index)}}, {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}]
+    ens = build_teacher({"kind": "ensemble", "members": members, "weights": [0.3, 0.7], "normalization": "minmax"})
+    assert ens.scale == "fused"
+    raw = ens.member_scores(qids, qs, ds, ps)
+    fused = ens.score_ids(qids, qs, ds, ps)
+    # by hand for the first query
+    n0 = qids.count(qids[0])
+    b, c = raw[0][:n0].astype(float), raw[1][:n0].astype(float)
+    hand = 0.3 * (b - b.min()) / (b.max() - b.min()) + 0.7 * (c - c.min()) / (c.max() - c.min())
+    np.testing.assert_allclose(fused[:n0], hand, atol=1e-5)
+    # a query's fused scores do not depend on other queries' candidates
+    alone = ens.score_ids(qids[:n0], qs[:n0], ds[:n0], ps[:n0])
+    np.testing.assert_allclose(alone, fused[:n0], atol=1e-6)
+    # weights and normalisation are part of the fingerprint
+    other = TeacherSpec.model_validate({"kind": "ensemble", "members": members, "weights": [0.5, 0.5], "normalization": "minmax"})
+    assert build_teacher(other).fingerprint != ens.fingerprint
+
+
+def test_ensemble_fit_weights_on_dev(adi, adi_bm25_run):
+    from ranx import Qrels, Run, evaluate
+
+    index, run_path = adi_bm25_run
+    run = read_run(run_path)
+    dev = sorted(run)[:12]
+    cands = {q: list(run[q]) for q in dev}
+    ens = build_teacher(
+        {"kind": "ensemble", "members": [{"kind": "bm25", "options": {"index": str(index)}}, {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}]}
+    )
+    res = ens.fit_weights(adi.qrels, cands, adi.queries, adi.doc_text, grid=[0.0, 0.5, 1.0])
+    assert ens.weights == res["weights"] and abs(sum(res["weights"]) - 1) < 1e-6
+    assert res["best"] >= res["equal"]
+    # [0,1] and [1,0] (each member alone) are among the combinations tried
+    tried = {tuple(w): v for w, v in res["tried"]}
+    assert (1.0, 0.0) in tried and (0.0, 1.0) in tried and len(tried) == 5  # equal, (0,1), (1/3,2/3), (2/3,1/3), (1,0)
+    # the reported value is the real nDCG@10 of the fused ranking with the chosen weights
+    judged = [q for q in dev if q in adi.qrels]
+    qid_l = [q for q in judged for _ in cands[q]]
+    d_l = [d for q in judged for d in cands[q]]
+    s = ens.score_ids(qid_l, [adi.queries[q] for q in qid_l], d_l, [adi.doc_text(d) for d in d_l])
+    r: dict = {}
+    for q, d, x in zip(qid_l, d_l, s):
+        r.setdefault(q, {})[d] = float(x)
+    assert evaluate(Qrels({q: adi.qrels[q] for q in judged}), Run(r), "ndcg@10") == pytest.approx(res["best"], abs=1e-9)
+
+
+def test_parse_spec(tmp_path):
+    s = parse_spec("bi_encoder:all-MiniLM-L6-v2", {"batch_size": 8})
+    assert (s.kind, s.model, s.options) == ("bi_encoder", "all-MiniLM-L6-v2", {"batch_size": 8})
+    f = tmp_path / "t.json"
+    f.write_text('{"kind": "ensemble", "members": [{"kind": "bm25", "options": {"index": "x"}}], "weights": [1.0]}')
+    assert parse_spec(str(f)).members[0].kind == "bm25"
+    with pytest.raises(ValueError, match="invalid teacher spec"):
+        parse_spec('{"kind": "bm25", "bogus": 1}')
+    with pytest.raises(ValueError, match="unknown teacher kind"):
+        build_teacher({"kind": "nope"})
