@@ -125,6 +125,7 @@ def train_student(
         disable_tqdm=not show_progress,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        learning_rate_mapping=dict(getattr(loss, "learning_rate_mapping", None) or {}),  # e.g. LEAF projection
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
