@@ -13,6 +13,7 @@ import typer
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from retrieval_distill.distill.cli import app as distill_app  # noqa: E402
+from retrieval_distill.distill.cli import queries_app  # noqa: E402
 from retrieval_distill.evaluation.cli import app as eval_app  # noqa: E402
 from retrieval_distill.index.cli import app as index_app  # noqa: E402
 from retrieval_distill.search.cli import app as bm25_app  # noqa: E402
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(bm25_app, name="bm25")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(distill_app, name="student")
+app.add_typer(queries_app, name="queries")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.command("serve")(serve)

@@ -1,5 +1,355 @@
-"""`rd distill ...` sub-commands."""
+"""`rd student ...` and `rd queries ...` sub-commands, and their Python entry points.
+
+``rd student train CONFIG.yaml`` trains a student from a teacher's score folder
+(:mod:`retrieval_distill.teachers.scoring`) over candidates, with the losses of
+:mod:`retrieval_distill.distill.losses`; ``rd queries synth CORPUS OUT`` makes training
+queries for a corpus that has none (:mod:`retrieval_distill.distill.synth`).
+
+A student config (YAML, validated by :class:`StudentJob`)::
+
+    collection: ../shared/data/beir/scifact   # BEIR folder / id; a `rd queries synth` folder works too
+    split: train
+    candidates: work/scifact/candidates/train.trec   # TREC run (or any rd teacher score input)
+    scores: work/scifact/teacher/scores/train        # score folder: part-*.parquet + manifest.json
+    teacher: {kind: ensemble, name: ens, ...}        # or just the teacher's name; must match the scores
+    teacher_fingerprint: null                        # optional: must equal the manifest's
+    output: work/scifact/models/student-listwise
+    train:                                           # retrieval_distill.distill.train.TrainConfig
+      losses: [{name: listwise_kl, options: {student_temperature: 0.05}}]
+      epochs: 1
+    leaf: {teacher_model: all-mpnet-base-v2, columns: [query]}   # only for a `leaf` loss
+    dev: {collection: ../shared/data/beir/scifact, split: dev}   # optional, evaluated after training
+
+Everything that can be wrong with the inputs (a score folder from another teacher, an
+incomplete score folder, non-finite scores, candidates without a positive, an empty
+training set) raises before the student is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
-app = typer.Typer(help="distill stage", no_args_is_help=True)
+from retrieval_distill.distill.train import TrainConfig
+from retrieval_distill.teachers.base import TeacherSpec
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(help="students: train bi-encoder students from teacher scores", no_args_is_help=True)
+queries_app = typer.Typer(help="training queries for corpora without judged queries", no_args_is_help=True)
+
+
+class TeacherMismatchError(ValueError):
+    """The score folder was made by another teacher than the config names."""
+
+
+class LeafSpec(BaseModel):
+    """Targets of a ``leaf`` (embedding alignment) loss.
+
+    Attributes:
+        teacher_model: the embedding teacher (path / alias / hub name), e.g. all-mpnet-base-v2.
+        columns: text columns whose teacher embeddings are targets (``query`` first).
+        init: ``lstsq`` starts the projection from a ridge least-squares fit on the training
+            texts (:func:`~retrieval_distill.distill.losses.fit_projection`); ``random`` does not.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    teacher_model: str = "all-mpnet-base-v2"
+    columns: list[str] = Field(default_factory=lambda: ["query"])
+    init: str = "lstsq"
+    batch_size: int = 32
+
+
+class DevSpec(BaseModel):
+    """Evaluation after training: exhaustive dense search over the dev collection's corpus.
+
+    Attributes:
+        doc_model: encode documents with this model instead of the student (the asymmetric
+            pair of a LEAF-aligned student: queries by the student, documents by the teacher).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    collection: str
+    split: str = "dev"
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"])
+    doc_model: str | None = None
+    batch_size: int = 64
+
+
+class StudentJob(BaseModel):
+    """A ``rd student train`` config (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    collection: str
+    split: str = "train"
+    qids_file: str | None = None
+    max_queries: int | None = None
+    max_examples: int | None = None
+    candidates: str
+    scores: str
+    teacher: TeacherSpec | str
+    teacher_fingerprint: str | None = None
+    output: str
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    leaf: LeafSpec | None = None
+    dev: DevSpec | None = None
+
+
+def load_job(path: str | os.PathLike) -> StudentJob:
+    """Read and validate a student config YAML.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: invalid YAML or fields (pydantic's message).
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping at the top level")
+    return StudentJob.model_validate(data)
+
+
+def check_score_folder(scores_dir: str | os.PathLike, teacher: TeacherSpec | str, fingerprint: str | None = None) -> dict:
+    """Refuse a score folder made by another teacher than ``teacher``.
+
+    Compares the configured teacher with the folder's ``manifest.json``: the name (a
+    string ``teacher``), or the name and the whole spec (a :class:`TeacherSpec`), and the
+    weights+spec fingerprint when ``fingerprint`` is given.
+
+    Returns:
+        the manifest.
+
+    Raises:
+        FileNotFoundError: no manifest. TeacherMismatchError: another teacher.
+    """
+    from retrieval_distill.teachers.scoring import load_manifest
+
+    m = load_manifest(scores_dir)
+    if m is None:
+        raise FileNotFoundError(f"{scores_dir}: no manifest.json (not a teacher score folder; make one with `rd teacher score`)")
+    have_name = m.get("teacher_name")
+    have_spec = m.get("teacher")
+    problems = []
+    if isinstance(teacher, str):
+        if teacher != have_name:
+            problems.append(f"name {have_name!r} != {teacher!r}")
+    else:
+        if teacher.display_name() != have_name:
+            problems.append(f"name {have_name!r} != {teacher.display_name()!r}")
+        want = teacher.model_dump()
+        got = TeacherSpec.model_validate(have_spec).model_dump() if isinstance(have_spec, dict) else have_spec
+        if got != want:
+            diff = sorted(k for k in want if (got or {}).get(k) != want[k]) if isinstance(got, dict) else ["spec"]
+            problems.append(f"spec differs in {diff}: {got} != {want}")
+    if fingerprint is not None and fingerprint != m.get("teacher_fingerprint"):
+        problems.append(f"fingerprint {m.get('teacher_fingerprint')!r} != {fingerprint!r}")
+    if problems:
+        raise TeacherMismatchError(
+            f"{scores_dir}: scores are from another teacher than the config names ({'; '.join(problems)}); "
+            "score the candidates with the configured teacher (`rd teacher score`) or fix `teacher:`"
+        )
+    return m
+
+
+def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
+    """Check the inputs and build the training examples (no model is loaded here).
+
+    Returns:
+        ``(examples, facts)``: facts for the training card (teacher, data, counts).
+
+    Raises:
+        TeacherMismatchError, FileNotFoundError, IncompleteScores, DataFormatError,
+        TrainingDataError (non-finite scores, no positive, empty training set).
+    """
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.distill.data import TrainingDataError, build_examples
+    from retrieval_distill.teachers.scoring import read_candidates, read_scores
+
+    manifest = check_score_folder(job.scores, job.teacher, job.teacher_fingerprint)
+    name = manifest.get("teacher_name")
+    df = read_scores(job.scores)
+    others = sorted(set(df["teacher"].unique()) - {name})
+    if others:
+        raise TeacherMismatchError(f"{job.scores}: rows from other teachers {others} (manifest says {name!r})")
+    coll = load_collection(job.collection, split=job.split)
+    qids = coll.judged_qids()
+    if job.qids_file:
+        keep = [ln.split()[0] for ln in Path(job.qids_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        unknown = [q for q in keep if q not in coll.queries]
+        if unknown:
+            raise TrainingDataError(f"{job.qids_file}: {len(unknown)} qids not in {job.collection} {job.split} (e.g. {unknown[:3]})")
+        keep_set = set(keep)
+        qids = [q for q in qids if q in keep_set]
+    if job.max_queries is not None and job.max_queries < len(qids):
+        qids = sorted(random.Random(job.train.seed).sample(qids, job.max_queries), key=qids.index)
+    cands = read_candidates(job.candidates).pairs
+    scores: dict[str, dict[str, float]] = {}
+    for q, d, s in zip(df["qid"], df["docid"], df["score"]):
+        scores.setdefault(q, {})[d] = float(s)
+    with_cands = [q for q in qids if q in cands]
+    if not with_cands:
+        raise TrainingDataError(f"{job.candidates}: no candidates for any of the {len(qids)} training queries")
+    examples = build_examples(
+        coll, with_cands, cands, scores, n_negatives=job.train.n_negatives, negative_depth=job.train.negative_depth, seed=job.train.seed
+    )
+    if job.max_examples is not None:
+        examples = examples[: job.max_examples]
+    facts = {
+        "teacher": {"name": name, "fingerprint": manifest.get("teacher_fingerprint"), "scale": manifest.get("scale"), "spec": manifest.get("teacher")},
+        "data": {
+            "collection": job.collection,
+            "split": job.split,
+            "queries": len(with_cands),
+            "candidates": str(job.candidates),
+            "scores": str(job.scores),
+            "examples": len(examples),
+        },
+    }
+    return examples, facts
+
+
+def _prepare_leaf(job: StudentJob, examples: list[dict], facts: dict) -> TrainConfig:
+    """Attach the LEAF teacher's embeddings to the labels, fill ``teacher_dim`` and (``init:
+    lstsq``) a least-squares projection start; returns the TrainConfig to train with."""
+    import numpy as np
+
+    from retrieval_distill.distill.losses import attach_teacher_embeddings, fit_projection
+    from retrieval_distill.models.encoder import Encoder
+
+    leaf = job.leaf or LeafSpec()
+    teacher = Encoder(leaf.teacher_model, batch_size=leaf.batch_size, show_progress=False)
+    dim = attach_teacher_embeddings(examples, teacher, leaf.columns, leaf.batch_size)
+    cfg = job.train.model_copy(deep=True)
+    facts["leaf"] = {"teacher_model": leaf.teacher_model, "teacher_dim": dim, "columns": leaf.columns, "init": leaf.init}
+    student = Encoder(cfg.init, batch_size=leaf.batch_size, show_progress=False)
+    init_path = None
+    if leaf.init == "lstsq" and student.dim != dim:
+        # targets: the packed trailing label values, one (dim,) block per aligned column
+        xs, ys = [], []
+        for i, col in enumerate(leaf.columns):
+            texts = [ex[col] for ex in examples]
+            xs.append(student.encode_queries(texts) if col == "query" else student.encode_documents(texts))
+            start = [len(ex["label"]) - dim * (len(leaf.columns) - i) for ex in examples]
+            ys.append(np.asarray([ex["label"][s0 : s0 + dim] for ex, s0 in zip(examples, start)], dtype=np.float32))
+        w, b = fit_projection(np.concatenate(xs), np.concatenate(ys), ridge=1.0)
+        init_path = Path(job.output).with_name(Path(job.output).name + ".leaf-init.npz")
+        init_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(init_path, weight=w, bias=b)
+        facts["leaf"]["projection_init"] = {"method": "ridge least squares", "ridge": 1.0, "texts": int(sum(len(x) for x in xs))}
+    for spec in cfg.losses:
+        if spec.name == "leaf":
+            spec.options.setdefault("teacher_dim", dim)
+            if init_path is not None:
+                spec.options.setdefault("projection_init", str(init_path))
+    return cfg
+
+
+def evaluate_dev(model_dir: str | os.PathLike, dev: DevSpec) -> dict:
+    """Exhaustive dense search (FAISS inner product over L2-normalised vectors) of the dev
+    queries over the dev corpus; returns the metrics dict (``EvalResult.to_dict``)."""
+    import faiss
+
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.evaluation.metrics import evaluate
+    from retrieval_distill.models.encoder import Encoder
+
+    coll = load_collection(dev.collection, split=dev.split)
+    enc = Encoder(dev.doc_model or str(model_dir), query_model=str(model_dir), batch_size=dev.batch_size)
+    docids = coll.docids
+    d = enc.encode_documents(coll.doc_texts(docids))
+    qids = coll.judged_qids()
+    q = enc.encode_queries([coll.queries[x] for x in qids])
+    if q.shape[1] != d.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} != document dim {d.shape[1]}: not an aligned pair")
+    index = faiss.IndexFlatIP(d.shape[1])
+    index.add(d)
+    k = min(100, len(docids))
+    sc, ix = index.search(q, k)
+    run = {qid: {docids[j]: float(s) for s, j in zip(sc[i], ix[i]) if j >= 0} for i, qid in enumerate(qids)}
+    res = evaluate(coll.qrels, run, dev.metrics)
+    out = res.to_dict(per_query=False)
+    out.update({"collection": dev.collection, "split": dev.split, "doc_model": dev.doc_model or "student"})
+    return out
+
+
+def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool = True) -> Path:
+    """Run a student config: check inputs, build examples, train, evaluate on dev.
+
+    Returns:
+        the student model folder (loads with ``SentenceTransformer(path)``).
+    """
+    from retrieval_distill.distill.train import train_student, update_card
+
+    if not isinstance(job, StudentJob):
+        job = load_job(job)
+    examples, facts = prepare_examples(job)
+    cfg = job.train
+    if any(s.name == "leaf" for s in cfg.losses):
+        cfg = _prepare_leaf(job, examples, facts)
+    elif job.leaf is not None:
+        raise ValueError("`leaf:` is set but no `leaf` loss is configured in train.losses")
+    out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress)
+    if job.dev is not None:
+        update_card(out, dev_metrics=evaluate_dev(out, job.dev))
+    return out
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="student config YAML (see `rd student train --help`)"),
+    check_only: bool = typer.Option(False, "--check", help="validate the inputs and count examples; train nothing"),
+):
+    """Train a student from a teacher's score folder: teacher check, examples, sentence-transformers
+    trainer (resumes from `<output>.ckpt` after a kill), training card and loss curve, dev metrics."""
+    from retrieval_distill.distill.data import TrainingDataError
+    from retrieval_distill.teachers.scoring import IncompleteScores
+
+    try:
+        job = load_job(config)
+        if check_only:
+            examples, facts = prepare_examples(job)
+            typer.echo(json.dumps(facts, indent=2, default=str))
+            return
+        out = train_from_config(job)
+    except (TeacherMismatchError, TrainingDataError, IncompleteScores, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    card = json.loads((out / "training_card.json").read_text())
+    typer.echo(f"student -> {out} ({card['steps']} steps, {card['examples']} examples)")
+    if "dev_metrics" in card:
+        typer.echo(json.dumps(card["dev_metrics"]["overall"], indent=2))
+
+
+@queries_app.command("synth")
+def synth_cmd(
+    corpus: str = typer.Argument(..., help="corpus.jsonl, a BEIR folder, or a local id like classic/adi"),
+    out_dir: Path = typer.Argument(..., help="output folder (BEIR layout: queries.jsonl, qrels/<split>.tsv)"),
+    kinds: str = typer.Option("title,sentence,keywords", help="comma-separated: title, sentence, keywords"),
+    seed: int = typer.Option(13, help="seed of every random choice"),
+    split: str = typer.Option("train", help="qrels split name"),
+    max_docs: int = typer.Option(None, help="use a seeded sample of this many documents"),
+    link_corpus: bool = typer.Option(True, help="put a corpus.jsonl symlink (never a copy) in OUT_DIR"),
+):
+    """Make training queries from a corpus's own documents, each with its source document as
+    the positive (title, a sampled sentence, TF-IDF keywords)."""
+    from retrieval_distill.data.collections import DataFormatError
+    from retrieval_distill.distill.synth import synth_corpus
+
+    try:
+        res = synth_corpus(corpus, out_dir, kinds=[k.strip() for k in kinds.split(",") if k.strip()], seed=seed, split=split, max_docs=max_docs, link_corpus=link_corpus)
+    except (FileNotFoundError, DataFormatError, ValueError, FileExistsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{len(res.queries)} queries -> {out_dir} ({json.dumps(res.stats['per_kind'])}; skipped {json.dumps(res.stats['skipped'])})")
