@@ -56,6 +56,7 @@ def build(
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     keep: int = typer.Option(3, "--keep", help="versions to keep"),
     backend: str = typer.Option("local", "--backend", help="encoding backend: local | ray"),
+    encodings: Optional[Path] = typer.Option(None, "--encodings", help="encoding cache folder (default OUT/encodings)"),
 ):
     """Encode a corpus (cached, resumable shards) and build + publish a new index version."""
     from retrieval_distill.index.rebuild import IndexSpec, rebuild
@@ -65,6 +66,7 @@ def build(
             name=out.name, dataset=dataset, split=split, model=model, query_model=query_model, side=side,
             factory=factory, metric=metric, params=_parse_params(param), root=str(out), keep=keep,
             shard_size=shard_size, batch_size=batch_size, max_length=max_length, backend=backend,
+            encodings=str(encodings) if encodings else None,
         )
         res = rebuild(spec, force_full=True)
     except (FileNotFoundError, ValueError, BlockingIOError) as e:
