@@ -24,10 +24,11 @@ TREC_DL = SHARED_DATA / "msmarco" / "trec-dl-subset"
 
 @pytest.fixture(scope="session", autouse=True)
 def _warm_ranx():
-    """ranx compiles with numba on first use (~10 s): do it once per session."""
-    from ranx import Qrels, Run, evaluate
+    """ranx compiles with numba on first use (minutes on a busy machine): do it once per
+    session, for the fixed-width ids that retrieval_distill.evaluation.metrics.evaluate uses."""
+    from retrieval_distill.evaluation.metrics import warm_up
 
-    evaluate(Qrels({"q": {"d": 1}}), Run({"q": {"d": 1.0, "e": 0.5}}), ["ndcg@10", "mrr@10", "recall@100", "map"])
+    warm_up()
 
 
 @pytest.fixture(scope="session")
