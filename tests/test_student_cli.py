@@ -1,0 +1,161 @@
+"""`rd student train CONFIG` on ADI: synthetic queries only -> BM25 candidates -> BM25 teacher
+scores (the real scoring job) -> a LEAF-aligned + margin-MSE student evaluated on ADI's real
+queries with documents by the embedding teacher (the asymmetric pair); plus the refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import ADI
+from retrieval_distill.data.collections import load_collection
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Synthetic ADI queries, their BM25 top-15 + positives as candidates, scored by BM25."""
+    from retrieval_distill.distill.synth import synth_corpus
+    from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    root = tmp_path_factory.mktemp("student")
+    synth = root / "synth"
+    synth_corpus(ADI, synth, seed=13, kinds=["title", "keywords"], max_docs=40)
+    coll = load_collection(synth, split="train")
+    index = build_bm25_index(coll, root / "bm25")
+    hits = BM25Searcher(index).batch_search(coll.queries, k=15)
+    lines = []
+    for q, hs in hits.items():
+        docs = [h.docid for h in hs] + [d for d in coll.qrels[q] if d not in {h.docid for h in hs}]
+        lines += [f"{q} {d}" for d in docs]
+    (root / "cands.txt").write_text("\n".join(lines) + "\n")
+    # a second candidates file without the positives: those queries cannot be trained on
+    pos = {(q, d) for q, r in coll.qrels.items() for d in r}
+    (root / "cands-nopos.txt").write_text("\n".join(ln for ln in lines if tuple(ln.split()) not in pos) + "\n")
+    teacher = {"kind": "bm25", "name": "bm25", "options": {"index": str(index)}}
+    texts = {d: coll.doc_text(d) for d in coll.corpus}
+    score_candidates(teacher, root / "cands.txt", coll.queries, texts, root / "scores", progress=False)
+    score_candidates(teacher, root / "cands-nopos.txt", coll.queries, texts, root / "scores-nopos", progress=False)
+    return {"root": root, "synth": synth, "teacher": teacher}
+
+
+def _config(scored, tmp_path, **over):
+    cfg = {
+        "collection": str(scored["synth"]),
+        "split": "train",
+        "candidates": str(scored["root"] / "cands.txt"),
+        "scores": str(scored["root"] / "scores"),
+        "teacher": scored["teacher"],
+        "output": str(tmp_path / "student"),
+        "max_examples": 20,
+        "train": {
+            "losses": [{"name": "margin_mse", "options": {"teacher_scale": 0.05}}],
+            "epochs": 1,
+            "batch_size": 4,
+            "max_seq_length": 64,
+            "save_steps": 1000,
+        },
+    }
+    cfg.update(over)
+    p = tmp_path / "student.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _rd(*args):
+    from retrieval_distill.cli import app
+
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def test_train_leaf_aligned_student_on_synthetic_queries(scored, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_distill.models.encoder import Encoder
+
+    cfg = _config(
+        scored,
+        tmp_path,
+        train={
+            "losses": [
+                {"name": "margin_mse", "weight": 1.0, "options": {"teacher_scale": 0.05}},
+                {"name": "leaf", "weight": 1.0, "options": {"objective": "cosine"}},
+            ],
+            "epochs": 1,
+            "batch_size": 4,
+            "max_seq_length": 64,
+            "save_steps": 1000,
+        },
+        leaf={"teacher_model": "all-mpnet-base-v2", "columns": ["query"]},
+        dev={"collection": str(ADI), "split": "test", "doc_model": "all-mpnet-base-v2", "metrics": ["ndcg@10", "recall@100"]},
+    )
+    r = _rd("student", "train", cfg)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "student"
+    card = json.loads((out / "training_card.json").read_text())
+    assert card["teacher"]["name"] == "bm25" and card["teacher"]["fingerprint"]
+    assert card["data"]["examples"] == 20 and card["steps"] == 5
+    assert card["leaf"]["teacher_dim"] == 768 and card["leaf"]["projection_init"]["texts"] == 20
+    assert [s["name"] for s in card["losses"]] == ["margin_mse", "leaf"]
+    # the projection lives in the model folder: SentenceTransformer(path) gives 768-d vectors
+    # in mpnet's space
+    student = SentenceTransformer(str(out), device="cpu")
+    assert student.get_embedding_dimension() == 768
+    assert (out / "3_Dense").is_dir() and (out / "4_Normalize").is_dir()
+    adi = load_collection(ADI, split="test")
+    real = list(adi.queries.values())  # held out: training saw only synthetic queries
+    mpnet = Encoder("all-mpnet-base-v2", show_progress=False).encode_queries(real)
+    mine = student.encode(real, convert_to_numpy=True, normalize_embeddings=True)
+    cos = (mine * mpnet).sum(1)
+    # aligned on 20 synthetic queries only, yet it points into mpnet's space on real queries
+    assert cos.mean() > 0.3, cos.mean()
+    # dev metrics of the asymmetric pair (student queries, mpnet documents) on ADI's real queries
+    dev = card["dev_metrics"]
+    assert dev["doc_model"] == "all-mpnet-base-v2" and dev["n_judged"] == 35
+    assert 0.0 < dev["overall"]["ndcg@10"] <= 1.0
+    print("LEAF student (asymmetric, ADI test):", dev["overall"], "mean cos to mpnet:", float(cos.mean()))
+
+
+def test_refuses_scores_of_another_teacher(scored, tmp_path):
+    other = {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "name": "minilm"}
+    r = _rd("student", "train", _config(scored, tmp_path, teacher=other))
+    assert r.exit_code == 2
+    assert "another teacher" in r.output and "'bm25' != 'minilm'" in r.output
+    assert not (tmp_path / "student").exists()
+    # same name but other options (another index) is another teacher too
+    spec = dict(scored["teacher"], options={"index": "/elsewhere"})
+    r = _rd("student", "train", _config(scored, tmp_path, teacher=spec))
+    assert r.exit_code == 2 and "spec differs in ['options']" in r.output
+    # the name alone is accepted; a wrong fingerprint is not
+    r = _rd("student", "train", _config(scored, tmp_path, teacher="bm25", teacher_fingerprint="0123456789abcdef"))
+    assert r.exit_code == 2 and "fingerprint" in r.output
+
+
+def test_check_mode_and_bad_training_sets(scored, tmp_path):
+    r = _rd("student", "train", _config(scored, tmp_path, teacher="bm25"), "--check")
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.output)
+    assert facts["teacher"]["name"] == "bm25" and facts["data"]["examples"] == 20
+    # candidates scored without their positives: a clear error, nothing trained
+    nopos = _config(scored, tmp_path, candidates=str(scored["root"] / "cands-nopos.txt"), scores=str(scored["root"] / "scores-nopos"))
+    r = _rd("student", "train", nopos)
+    assert r.exit_code == 2 and "has no teacher score" in r.output, r.output
+    # an empty training set
+    qf = tmp_path / "qids.txt"
+    qf.write_text("")
+    r = _rd("student", "train", _config(scored, tmp_path, qids_file=str(qf)))
+    assert r.exit_code == 2 and "no candidates for any of the 0 training queries" in r.output
+    # unknown qids in the qids file
+    qf.write_text("no-such-qid\n")
+    r = _rd("student", "train", _config(scored, tmp_path, qids_file=str(qf)))
+    assert r.exit_code == 2 and "not in" in r.output
+    # a leaf section without a leaf loss, and an invalid config
+    r = _rd("student", "train", _config(scored, tmp_path, leaf={"teacher_model": "all-mpnet-base-v2"}), "--check")
+    assert r.exit_code == 0  # --check validates the data only
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("collection: x\n")
+    r = _rd("student", "train", bad)
+    assert r.exit_code == 2 and "candidates" in r.output
+    assert not (tmp_path / "student").exists()

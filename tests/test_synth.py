@@ -1,0 +1,136 @@
+"""Synthetic queries on ADI: real outputs checked against the documents they came from."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ADI
+from retrieval_distill.data.collections import DataFormatError, load_collection
+from retrieval_distill.distill.synth import _TOKEN, KINDS, synth_corpus, synthesize_queries
+
+
+@pytest.fixture(scope="module")
+def adi_synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "adi"
+    res = synth_corpus(ADI, out, seed=13)
+    return out, res
+
+
+def test_queries_come_from_their_documents(adi_synth, adi):
+    out, res = adi_synth
+    corpus = adi.corpus
+    assert res.stats["documents"] == 82
+    per = res.stats["per_kind"]
+    # every ADI document has a title of 2+ words and a body sentence of 5+ words
+    assert per == {"title": 82, "sentence": 82, "keywords": 82}
+    for qid, text in res.queries.items():
+        kind = res.kinds[qid]
+        (docid,) = res.qrels[qid]  # ADI has no duplicate titles: one source each
+        doc = corpus[docid]
+        body = re.sub(r"\s+", " ", doc["text"]).lower()
+        if kind == "title":
+            assert doc["title"].lower().startswith(text.lower())
+        elif kind == "sentence":
+            assert text.lower() in body and len(text.split()) >= 5
+            assert text.lower() != doc["title"].lower()
+        else:
+            terms = text.split()
+            assert 2 <= len(terms) <= 4 and len(set(terms)) == len(terms)
+            doc_terms = set(re.findall(_TOKEN, f"{doc['title']} {doc['text']}".lower()))
+            assert set(terms) <= doc_terms, (qid, terms)
+            # kept in the order they first occur in the document
+            low = f"{doc['title']} {doc['text']}".lower()
+            assert [low.find(t) for t in terms] == sorted(low.find(t) for t in terms)
+
+
+def test_keywords_are_salient_not_stop_words(adi_synth):
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    _, res = adi_synth
+    words = [w for q, t in res.queries.items() if res.kinds[q] == "keywords" for w in t.split()]
+    assert not set(words) & ENGLISH_STOP_WORDS
+    # doc 1 ("the ibm dsd technical information center ...", ibm 1401 processing) -> "ibm" is salient
+    assert "ibm" in res.queries["synth-keywords-1"].split()
+
+
+def test_written_folder_is_a_beir_collection(adi_synth):
+    out, res = adi_synth
+    assert (out / "corpus.jsonl").is_symlink() and (out / "corpus.jsonl").resolve() == (ADI / "corpus.jsonl").resolve()
+    coll = load_collection(out, split="train")
+    assert len(coll.corpus) == 82 and coll.queries == res.queries and coll.qrels == res.qrels
+    info = json.loads((out / "synth.json").read_text())
+    assert info["seed"] == 13 and info["kinds"] == list(KINDS) and info["stats"]["queries"] == 246
+    assert not list(out.glob(".*tmp")), "temporary files left behind"
+
+
+def test_title_queries_find_their_document_with_bm25(adi_synth, tmp_path):
+    from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+
+    out, res = adi_synth
+    coll = load_collection(out, split="train")
+    idx = build_bm25_index(coll, tmp_path / "bm25")
+    searcher = BM25Searcher(idx)
+    titles = {q: t for q, t in coll.queries.items() if res.kinds[q] == "title"}
+    hits = searcher.batch_search(titles, k=1)
+    first = sum(1 for q, h in hits.items() if h and h[0].docid in coll.qrels[q])
+    # measured 82/82 on ADI; require most
+    assert first >= 0.9 * len(titles), f"{first}/{len(titles)}"
+
+
+def test_seeded_and_deterministic(tmp_path, adi_synth):
+    out, _ = adi_synth
+    again = synth_corpus(ADI, tmp_path / "again", seed=13)
+    for f in ("queries.jsonl", "qrels/train.tsv"):
+        assert (tmp_path / "again" / f).read_bytes() == (out / f).read_bytes()
+    other = synth_corpus(ADI, tmp_path / "other", seed=14, kinds=["sentence", "keywords"])
+    assert set(other.kinds.values()) == {"sentence", "keywords"}
+    changed = sum(1 for q, t in other.queries.items() if again.queries[q] != t)
+    assert changed > 10  # another seed samples other sentences / keywords
+    # a kind's picks do not depend on which other kinds are made
+    kw_only = synthesize_queries(load_collection(ADI).corpus, kinds=["keywords"], seed=13)
+    assert all(again.queries[q] == t for q, t in kw_only.queries.items())
+
+
+def test_duplicate_texts_merge_into_one_query():
+    corpus = {
+        "a": {"title": "neural ranking models", "text": "Dense retrieval with transformers works well in practice today."},
+        "b": {"title": "Neural ranking models.", "text": "Sparse retrieval with inverted indexes is fast and robust."},
+        "c": {"title": "x", "text": "short."},
+    }
+    res = synthesize_queries(corpus, kinds=["title", "sentence"], seed=1)
+    assert res.queries["synth-title-a"] == "neural ranking models"
+    assert res.qrels["synth-title-a"] == {"a": 1, "b": 1} and "synth-title-b" not in res.queries
+    assert res.stats["merged_duplicates"] == 1
+    assert res.stats["skipped"] == {"title": 1, "sentence": 1}  # doc c: one-word title, no 5-word sentence
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown query kinds"):
+        synthesize_queries({"a": {"title": "t t", "text": ""}}, kinds=["title", "llm"])
+    with pytest.raises(ValueError, match="empty corpus"):
+        synthesize_queries({})
+    with pytest.raises(FileNotFoundError):
+        synth_corpus(tmp_path / "nope", tmp_path / "out")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "1", "title": "a b", "text": "c"}\n{"_id": "2", "title": \n')
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:2"):
+        synth_corpus(bad, tmp_path / "out")
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text('{"_id": "1", "title": "one", "text": "two"}\n')
+    with pytest.raises(DataFormatError, match="no document yielded a query"):
+        synth_corpus(tiny, tmp_path / "out2", kinds=["title", "sentence"])
+    assert not (tmp_path / "out2" / "queries.jsonl").exists()
+
+
+def test_cli(tmp_path):
+    from retrieval_distill.cli import app
+
+    r = CliRunner().invoke(app, ["queries", "synth", str(ADI), str(tmp_path / "q"), "--kinds", "title", "--max-docs", "20"])
+    assert r.exit_code == 0, r.output
+    assert "20 queries" in r.output
+    coll = load_collection(tmp_path / "q", split="train")
+    assert len(coll.queries) == 20 and all(q.startswith("synth-title-") for q in coll.queries)
+    r = CliRunner().invoke(app, ["queries", "synth", str(tmp_path / "missing"), str(tmp_path / "q2")])
+    assert r.exit_code == 2 and "not a corpus.jsonl" in r.output
