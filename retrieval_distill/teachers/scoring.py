@@ -538,6 +538,8 @@ def score_candidates(
     manifest["complete"] = len(completed) == len(shards)
     manifest["last_run"] = {"backend": backend, "new_pairs": new_pairs, "seconds": round(elapsed, 3), "pairs_per_s": round(new_pairs / elapsed, 2) if elapsed > 0 and new_pairs else None}
     manifest["completed_shards"] = dict(sorted(completed.items()))
+    if getattr(teacher, "speed_check", None):
+        manifest["speed_check"] = teacher.speed_check
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
