@@ -34,12 +34,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from retrieval_distill.search.base import Hit
 from services.search_api.batching import MicroBatcher
@@ -104,6 +104,7 @@ class ModeStatus(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     modes: dict[str, ModeStatus]
+    rerank_teacher: ModeStatus = Field(description="the rerank teacher (configured, loaded, error)")
 
 
 class IndexInfo(BaseModel):
@@ -118,12 +119,6 @@ class IndexResponse(BaseModel):
     modes: dict[str, IndexInfo]
 
 
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["symmetric", "asymmetric"] | None = Field(None, description="reload only this mode (default: all configured)")
-    force: StrictBool = Field(False, description="reload even when CURRENT names the version already served")
-
-
 class ReloadOutcome(BaseModel):
     previous: str | None
     current: str | None
@@ -133,6 +128,20 @@ class ReloadOutcome(BaseModel):
 class ReloadResponse(BaseModel):
     modes: dict[str, ReloadOutcome]
     took_ms: float
+
+
+def _integral(v: Any) -> Any:
+    """JSON-Schema integers: 3 and 3.0 pass; "3", true and 3.5 do not (pydantic's lax mode
+    alone would take "3" and true, its strict mode would refuse 3.0)."""
+    if isinstance(v, (bool, str, bytes)):
+        raise ValueError("Input should be a valid integer")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+# documented in the schema (JSON Schema patterns are unanchored: "some non-space character");
+# enforced by validators that say "empty or only whitespace" rather than quoting a regex
+NON_BLANK = r"\S"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -232,7 +241,9 @@ class ServiceState:
         s = self.settings
         if s.corpus:
             try:
+                t0 = time.perf_counter()
                 self.corpus = await loop.run_in_executor(self.load_pool, _load_corpus, s.corpus)
+                log.warning("corpus %s: %d documents loaded in %.1f s", s.corpus, len(self.corpus), time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - reported by /readyz and hits carry no text
                 self.corpus_error = f"{type(e).__name__}: {e}"
                 log.error("corpus %s could not be loaded: %s", s.corpus, e)
@@ -240,9 +251,10 @@ class ServiceState:
             if not st.configured:
                 continue
             try:
+                t0 = time.perf_counter()
                 rt = await loop.run_in_executor(self.load_pool, self.load_runtime, st.mode)
                 self.install(rt)
-                log.info("mode %s serving index version %s", st.mode, rt.version_id)
+                log.warning("mode %s: serving index version %s (loaded and warmed in %.1f s)", st.mode, rt.version_id, time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - the service stays up, /readyz says why
                 st.error = f"{type(e).__name__}: {e}"
                 self.metrics.loaded.labels(st.mode).set(0)
@@ -251,7 +263,9 @@ class ServiceState:
             try:
                 from retrieval_distill.teachers.base import build_teacher
 
+                t0 = time.perf_counter()
                 self.teacher = await loop.run_in_executor(self.load_pool, build_teacher, s.teacher_spec())
+                log.warning("rerank teacher %s built in %.1f s", s.teacher_spec().display_name(), time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - rerank requests answer 503 with this message
                 self.teacher_error = f"{type(e).__name__}: {e}"
                 log.error("rerank teacher could not be built: %s", self.teacher_error)
@@ -348,11 +362,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             extra="forbid",
             json_schema_extra={"examples": [{"query": "information retrieval evaluation", "k": 10, "mode": "symmetric"}]},
         )
-        query: str = Field(min_length=1, description=f"query text; cut to {s.max_query_chars} characters (see `truncated`)")
-        k: StrictInt = Field(10, ge=1, le=s.max_k, description="number of hits")
+        query: str = Field(
+            min_length=1, json_schema_extra={"pattern": NON_BLANK},
+            description=f"query text (not blank); cut to {s.max_query_chars} characters (see `truncated`)",
+        )
+        k: Int = Field(10, ge=1, le=s.max_k, description="number of hits")
         mode: Mode = Field("symmetric", description="`symmetric`: student index; `asymmetric`: teacher-encoded documents, student queries")
         rerank: StrictBool = Field(False, description="rerank the top `rerank_depth` hits with the configured teacher")
-        rerank_depth: StrictInt | None = Field(
+        rerank_depth: Int | None = Field(
             None, ge=1, le=s.rerank_max_depth, description=f"hits reranked (default {s.rerank_default_depth}; at least k)"
         )
 
@@ -368,11 +385,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             extra="forbid",
             json_schema_extra={"examples": [{"queries": ["indexing of documents", "automatic abstracting"], "k": 5}]},
         )
-        queries: list[str] = Field(min_length=1, max_length=s.max_batch_queries, description="query texts")
-        k: StrictInt = Field(10, ge=1, le=s.max_k)
+        queries: list[Annotated[str, Field(min_length=1, json_schema_extra={"pattern": NON_BLANK})]] = Field(
+            min_length=1, max_length=s.max_batch_queries, description="query texts (not blank)"
+        )
+        k: Int = Field(10, ge=1, le=s.max_k)
         mode: Mode = "symmetric"
         rerank: StrictBool = False
-        rerank_depth: StrictInt | None = Field(None, ge=1, le=s.rerank_max_depth)
+        rerank_depth: Int | None = Field(None, ge=1, le=s.rerank_max_depth)
 
         @field_validator("queries")
         @classmethod
@@ -419,6 +438,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors()), "reason": _reason(exc)})
 
     def truncate(q: str) -> tuple[str, bool]:
+        q = q.strip()  # surrounding whitespace means nothing to the tokenizer; the cut keeps real text
         return (q[: s.max_query_chars], True) if len(q) > s.max_query_chars else (q, False)
 
     async def rerank_hits(query: str, hits: list[Hit], k: int) -> list[HitOut]:
@@ -506,13 +526,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse, "description": "not ready"}}, tags=["ops"])
     async def readyz(response: Response) -> ReadyResponse:
-        """200 when every configured mode has a loaded, warmed index; 503 otherwise (also when none is configured)."""
+        """200 when every configured mode has a loaded, warmed index (and the rerank teacher, if
+        configured, is built); 503 otherwise, also when no mode is configured."""
         modes = mode_status()
         configured = [m for m in modes.values() if m.configured]
-        ready = bool(configured) and all(m.loaded for m in configured)
+        teacher = ModeStatus(
+            configured=s.rerank_teacher is not None, loaded=state.teacher is not None, error=state.teacher_error
+        )
+        ready = bool(configured) and all(m.loaded for m in configured) and (teacher.loaded or not teacher.configured)
         if not ready:
             response.status_code = 503
-        return ReadyResponse(ready=ready, modes=modes)
+        return ReadyResponse(ready=ready, modes=modes, rerank_teacher=teacher)
 
     @app.get("/metrics", tags=["ops"], response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
@@ -549,15 +573,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             "/admin/reload", response_model=ReloadResponse, dependencies=[Depends(require_admin)],
             responses=_errors(400, 401, 403, 409, 422), tags=["admin"],
         )
-        async def reload(body: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
-            """Switch to each store's CURRENT version without dropping requests.
+        async def reload(
+            mode: Annotated[Mode | None, Query(description="reload only this mode (default: every configured mode)")] = None,
+            force: Annotated[bool, Query(description="reload even when CURRENT names the version already served")] = False,
+        ) -> ReloadResponse:
+            """Switch to each store's CURRENT version without dropping requests (parameters in the
+            query string, so the key is checked before anything else is read).
 
             The new version is loaded and warmed while the old one keeps answering; then one
             reference is swapped. Requests already running finish on the version they started with.
             """
             t0 = time.perf_counter()
-            body = body or ReloadRequest()
-            modes = [body.mode] if body.mode else [m for m, st in state.modes.items() if st.configured]
+            modes = [mode] if mode else [m for m, st in state.modes.items() if st.configured]
             for m in modes:
                 if not state.modes[m].configured:
                     raise HTTPException(400, f"mode {m!r} has no index configured on this server")
@@ -567,7 +594,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 for m in modes:
                     st = state.modes[m]
                     prev = st.runtime.version_id if st.runtime else None
-                    if not body.force and prev is not None:
+                    if not force and prev is not None:
                         from services.search_api.runtime import current_version_id
 
                         try:

@@ -1,0 +1,269 @@
+"""Load benchmark of the search service against a naive FastAPI baseline, in one run.
+
+Both servers run on 127.0.0.1 (loopback only), one after the other, over the same index
+and the same queries:
+
+* ``ours``: ``rd serve`` (micro-batched encoder on one worker thread, torch/FAISS threads
+  set, pure-ASGI middleware);
+* ``naive``: a plain FastAPI ``def`` handler calling ``SentenceTransformer.encode([query])``
+  and a flat FAISS inner-product search per request (defaults everywhere: FastAPI's thread
+  pool, torch's default thread count).
+
+Measured (closed loop, httpx.AsyncClient): latency p50/p99 at concurrency 1, and QPS at
+concurrency 16. Every phase is bounded by a request count and a time limit. The result is
+printed as a Markdown table and written as JSON (``--out``).
+
+Usage::
+
+    python eval/bench/serve_load.py                      # ADI, index built on the fly (MiniLM)
+    python eval/bench/serve_load.py --index-root work/indexes/scifact --dataset beir/scifact/test
+
+Goals (issue 6): ours p50 <= 10 ms and p99 <= 25 ms at c=1; ours >= 3x the naive QPS at c=16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------- naive baseline
+def naive_app(version_dir: str, model: str):
+    """The baseline: encode one query with SentenceTransformer and search a flat FAISS index."""
+    import faiss
+    import numpy as np
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from retrieval_distill.models import load_sentence_transformer
+
+    st = load_sentence_transformer(model)
+    index = faiss.read_index(str(Path(version_dir) / "index.faiss"))
+    vecs = index.reconstruct_n(0, index.ntotal) if hasattr(index, "reconstruct_n") else None
+    flat = faiss.IndexFlatIP(index.d)
+    flat.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    docids = (Path(version_dir) / "docids").read_text(encoding="utf-8").split("\n")[: index.ntotal]
+
+    class Req(BaseModel):
+        query: str
+        k: int = 10
+
+    app = FastAPI()
+
+    @app.post("/search")
+    def search(req: Req) -> dict:
+        q = st.encode([req.query], normalize_embeddings=True, convert_to_numpy=True)
+        scores, labels = flat.search(q.astype(np.float32), req.k)
+        return {"hits": [{"docid": docids[i], "score": float(s), "rank": r} for r, (s, i) in enumerate(zip(scores[0], labels[0]), 1)]}
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        return {"ready": True}
+
+    return app
+
+
+def _serve_naive(version_dir: str, model: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(naive_app(version_dir, model), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{base} not ready after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _pct(values: list[float], p: float) -> float:
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    i = min(len(xs) - 1, max(0, int(round(p / 100 * (len(xs) - 1)))))
+    return xs[i]
+
+
+async def _load(base: str, queries: list[str], concurrency: int, max_requests: int, max_seconds: float, k: int) -> dict:
+    """Closed loop: ``concurrency`` clients, each sends its next query when the last returns."""
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        # warm-up: every connection once, plus a few sequential queries
+        for q in queries[:5]:
+            await client.post("/search", json={"query": q, "k": k})
+        await asyncio.gather(*(client.post("/search", json={"query": queries[i % len(queries)], "k": k}) for i in range(concurrency)))
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker(w: int) -> None:
+            nonlocal errors, sent
+            i = w
+            while sent < max_requests and time.perf_counter() < deadline:
+                sent += 1
+                t = time.perf_counter()
+                r = await client.post("/search", json={"query": queries[i % len(queries)], "k": k})
+                lat.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    errors += 1
+                i += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "errors": errors,
+        "seconds": round(wall, 3),
+        "qps": round(len(lat) / wall, 2),
+        "p50_ms": round(1000 * _pct(lat, 50), 2),
+        "p90_ms": round(1000 * _pct(lat, 90), 2),
+        "p99_ms": round(1000 * _pct(lat, 99), 2),
+        "mean_ms": round(1000 * statistics.fmean(lat), 2) if lat else None,
+    }
+
+
+def _build_adi_index(root: Path, model: str) -> Path:
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.index.build import build_index
+    from retrieval_distill.index.store import IndexStore
+    from retrieval_distill.models.encoder import Encoder
+
+    c = load_collection("classic/adi/test")
+    enc = Encoder(model, show_progress=False)
+    store = IndexStore(root)
+    texts = c.doc_texts()
+    store.publish(build_index(enc.encode_documents(texts), c.docids, store.new_version_dir("flat"), encoder=enc, texts=texts))
+    return root
+
+
+def _phase(name: str, cmd: list[str], env: dict, queries: list[str], args) -> dict:
+    port = _free_port()
+    cmd = cmd + ["--port", str(port)]
+    log = open(Path(args.workdir) / f"{name}.log", "w")
+    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc)
+        out = {}
+        for c, n, secs in ((1, args.requests_c1, args.seconds), (args.concurrency, args.requests_c16, args.seconds)):
+            out[f"c{c}"] = asyncio.run(_load(base, queries, c, n, secs, args.k))
+            print(f"  {name} c={c}: {out[f'c{c}']}", flush=True)
+        return out
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--index-root", type=Path, help="index store (default: build ADI with --model in a temp dir)")
+    ap.add_argument("--dataset", default="classic/adi/test", help="queries (and corpus for titles)")
+    ap.add_argument("--model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--requests-c1", type=int, default=300)
+    ap.add_argument("--requests-c16", type=int, default=1500)
+    ap.add_argument("--seconds", type=float, default=30.0, help="time limit per phase")
+    ap.add_argument("--torch-threads", type=int, default=None, help="ours: torch threads (default: service default)")
+    ap.add_argument("--out", type=Path, default=PROJECT / "work" / "bench" / "serve_load.json")
+    ap.add_argument("--serve-naive", nargs=2, metavar=("VERSION_DIR", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.serve_naive:
+        vdir, model = args.serve_naive
+        _serve_naive(vdir, model, args.port)
+        return {}
+
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.index.store import IndexStore
+
+    args.workdir = tempfile.mkdtemp(prefix="rd-serve-load-")
+    root = args.index_root or _build_adi_index(Path(args.workdir) / "index", args.model)
+    version = IndexStore(root).current()
+    coll = load_collection(args.dataset)
+    queries = list(coll.queries.values())
+    env = dict(os.environ)
+    print(f"index {version.path} ({version.manifest.doc_count} docs, {version.manifest.factory}); {len(queries)} queries", flush=True)
+
+    naive_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-naive", str(version.path), version.manifest.encoder.name]
+    naive = _phase("naive", naive_cmd, env, queries, args)
+    ours_cmd = [sys.executable, "-m", "retrieval_distill", "serve", "--index-root", str(root), "--corpus", args.dataset,
+                "--log-level", "warning"]
+    if args.torch_threads:
+        ours_cmd += ["--torch-threads", str(args.torch_threads)]
+    ours = _phase("ours", ours_cmd, env, queries, args)
+
+    c = f"c{args.concurrency}"
+    result = {
+        "index": str(version.path), "docs": version.manifest.doc_count, "factory": version.manifest.factory,
+        "queries": len(queries), "model": version.manifest.encoder.name, "cpus": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+        "ours": ours, "naive": naive,
+        "qps_ratio_c16": round(ours[c]["qps"] / naive[c]["qps"], 2),
+        "p50_ratio_c1": round(naive["c1"]["p50_ms"] / ours["c1"]["p50_ms"], 2),
+        "goals": {
+            "p50_c1_le_10ms": ours["c1"]["p50_ms"] <= 10, "p99_c1_le_25ms": ours["c1"]["p99_ms"] <= 25,
+            "qps_c16_ge_3x": ours[c]["qps"] >= 3 * naive[c]["qps"],
+        },
+    }
+    print()
+    print("| server | c=1 p50 ms | c=1 p99 ms | c=1 QPS | c=16 QPS | c=16 p50 ms | c=16 p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in (("naive (ST.encode + flat FAISS per request)", naive), ("ours (rd serve)", ours)):
+        print(f"| {name} | {r['c1']['p50_ms']} | {r['c1']['p99_ms']} | {r['c1']['qps']} | {r[c]['qps']} | "
+              f"{r[c]['p50_ms']} | {r[c]['p99_ms']} | {r['c1']['errors'] + r[c]['errors']} |")
+    print(f"\nQPS ratio at c={args.concurrency}: {result['qps_ratio_c16']}x; p50 speed-up at c=1: {result['p50_ratio_c1']}x")
+    print(f"goals: {result['goals']}; load average at end {tuple(round(x, 2) for x in result['load_avg_at_end'])}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

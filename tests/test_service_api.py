@@ -1,0 +1,416 @@
+"""The search service as users meet it: a real `rd serve` (uvicorn) process on 127.0.0.1.
+
+One server per module, serving ADI (82 docs) indexed with all-MiniLM-L6-v2:
+
+* symmetric mode: a store built here with ``build_index`` (Flat, inner product);
+* asymmetric mode: a store whose documents the "teacher" (all-MiniLM-L6-v2) encoded and
+  whose queries a separate student folder encodes (a saved copy of the same weights: a
+  perfectly aligned student, so answers can be checked against a direct searcher);
+* reranking by a BM25 teacher (Pyserini index of ADI), checked against Lucene's own scores.
+
+Answers are compared with direct :class:`DenseSearcher` calls in this process; the hot-swap
+test publishes a new version while 8 clients keep querying and requires zero failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import ADI, PROJECT
+
+API_KEY = "test-admin-key"
+QUERIES = [
+    "How can computer-based systems help with indexing documents?",
+    "automatic abstracting and the evaluation of abstracts",
+    "citation indexing",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def adi_encoder():
+    from retrieval_distill.models.encoder import Encoder
+
+    return Encoder("all-MiniLM-L6-v2", show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def stores(adi, adi_encoder, tmp_path_factory):
+    """Symmetric and asymmetric index stores of ADI, plus the embeddings (for new versions)."""
+    from retrieval_distill.index.build import build_index
+    from retrieval_distill.index.store import IndexStore
+    from retrieval_distill.models.encoder import Encoder
+
+    root = tmp_path_factory.mktemp("service")
+    texts = adi.doc_texts()
+    t0 = time.perf_counter()
+    emb = adi_encoder.encode_documents(texts)
+    print(f"encoded {len(texts)} ADI docs in {time.perf_counter() - t0:.1f} s")
+    sym = IndexStore(root / "sym")
+    sym.publish(build_index(emb, adi.docids, sym.new_version_dir("flat"), encoder=adi_encoder, texts=texts))
+    # an aligned student: its own model folder (same weights), so the encoder has two routes
+    student_dir = root / "student"
+    adi_encoder.doc_model.save(str(student_dir))
+    asym_encoder = Encoder("all-MiniLM-L6-v2", query_model=str(student_dir), show_progress=False)
+    asym = IndexStore(root / "asym")
+    asym.publish(
+        build_index(
+            emb, adi.docids, asym.new_version_dir("teacher-flat"), encoder=asym_encoder, texts=texts,
+            manifest_extra={"documents_side": "teacher"},
+        )
+    )
+    return {"root": root, "sym": sym, "asym": asym, "emb": emb, "student": student_dir, "asym_encoder": asym_encoder}
+
+
+@pytest.fixture(scope="module")
+def bm25_index(adi_bm25_run):
+    return adi_bm25_run[0]
+
+
+@pytest.fixture(scope="module")
+def server(stores, bm25_index):
+    """`rd serve` in a subprocess on a free loopback port; yields its base URL."""
+    port = _free_port()
+    log_path = stores["root"] / "server.log"
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        RD_ADMIN_API_KEY=API_KEY,
+        RD_MAX_BATCH_QUERIES="8",
+        RD_MAX_QUERY_CHARS="500",
+        RD_RERANK_MAX_DEPTH="20",
+        RD_RERANK_DEFAULT_DEPTH="10",
+        RD_TORCH_THREADS="1",
+    )
+    teacher = json.dumps({"kind": "bm25", "options": {"index": str(bm25_index)}})
+    cmd = [
+        sys.executable, "-m", "retrieval_distill", "serve",
+        "--index-root", str(stores["sym"].root),
+        "--asym-index-root", str(stores["asym"].root), "--query-model", str(stores["student"]),
+        "--corpus", str(ADI), "--rerank-teacher", teacher,
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                r = httpx.get(f"{base}/readyz", timeout=2)
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"server not ready after 240 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        print(f"server ready in {time.time() - deadline + 240:.1f} s:\n{log_path.read_text()[-2000:]}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------- answers
+def test_search_matches_direct_dense_searcher(client, stores, adi, adi_encoder):
+    from retrieval_distill.search.dense import DenseSearcher
+
+    direct = DenseSearcher(stores["sym"].current(), adi_encoder)
+    for q in QUERIES:
+        r = client.post("/search", json={"query": q, "k": 10})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        expected = direct.search(q, 10)
+        assert [h["docid"] for h in body["hits"]] == [h.docid for h in expected]
+        assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in expected], abs=1e-4)
+        assert [h["rank"] for h in body["hits"]] == list(range(1, 11))
+        assert body["index_version"] == stores["sym"].current_id()
+        assert body["mode"] == "symmetric" and body["truncated"] is False and body["took_ms"] > 0
+        for h in body["hits"]:
+            assert h["title"] == adi.corpus[h["docid"]]["title"]
+            assert h["text"] == adi.corpus[h["docid"]]["text"]
+
+
+def test_answers_are_relevant_on_adi(client, adi):
+    """Dense MiniLM on ADI: most judged queries get a relevant document in the top 10."""
+    qids = adi.judged_qids()[:8]
+    r = client.post("/search/batch", json={"queries": [adi.queries[q] for q in qids], "k": 10})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    found = [any(adi.qrels[q].get(h["docid"], 0) > 0 for h in res["hits"]) for q, res in zip(qids, results)]
+    assert sum(found) >= 5, found
+
+
+def test_batch_equals_single_queries(client):
+    r = client.post("/search/batch", json={"queries": QUERIES, "k": 5})
+    assert r.status_code == 200, r.text
+    batch = r.json()
+    assert len(batch["results"]) == len(QUERIES)
+    for q, res in zip(QUERIES, batch["results"]):
+        single = client.post("/search", json={"query": q, "k": 5}).json()
+        assert [h["docid"] for h in res["hits"]] == [h["docid"] for h in single["hits"]]
+        assert [h["score"] for h in res["hits"]] == pytest.approx([h["score"] for h in single["hits"]], abs=1e-4)
+
+
+def test_asymmetric_mode_uses_its_own_index_and_student(client, stores):
+    from retrieval_distill.search.dense import AsymmetricSearcher
+
+    direct = AsymmetricSearcher(stores["asym"].current(), stores["asym_encoder"])
+    r = client.post("/search", json={"query": QUERIES[0], "k": 5, "mode": "asymmetric"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == "asymmetric"
+    assert body["index_version"] == stores["asym"].current_id() != stores["sym"].current_id()
+    expected = direct.search(QUERIES[0], 5)
+    assert [h["docid"] for h in body["hits"]] == [h.docid for h in expected]
+    manifest = client.get("/index").json()["modes"]["asymmetric"]["manifest"]
+    assert manifest["documents_side"] == "teacher"
+    assert manifest["query_encoder"]["name"] == str(stores["student"])
+
+
+def test_rerank_with_bm25_teacher(client, bm25_index):
+    from retrieval_distill.search.bm25 import BM25Searcher
+
+    q = QUERIES[1]
+    dense = client.post("/search", json={"query": q, "k": 10}).json()["hits"]
+    r = client.post("/search", json={"query": q, "k": 5, "rerank": True, "rerank_depth": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reranked"] is True
+    hits = body["hits"]
+    assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    dense_by_id = {h["docid"]: h["score"] for h in dense}
+    assert {h["docid"] for h in hits} <= set(dense_by_id)  # reranks the dense top 10 only
+    for h in hits:
+        assert h["dense_score"] == pytest.approx(dense_by_id[h["docid"]], abs=1e-4)
+    # the teacher's scores are Lucene's BM25 scores of the pairs, best first
+    bm25 = BM25Searcher(bm25_index).score_pairs(q, list(dense_by_id))
+    expected = sorted(zip(dense_by_id, bm25), key=lambda t: -t[1])[:5]
+    assert [h["score"] for h in hits] == pytest.approx([s for _, s in expected], rel=1e-4)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+
+# ------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "payload, status, reason",
+    [
+        ({"query": ""}, 422, "query"),
+        ({"query": "   \n\t"}, 422, "empty or only whitespace"),
+        ({"query": "x", "k": 0}, 422, "greater than or equal to 1"),
+        ({"query": "x", "k": 101}, 422, "less than or equal to 100"),
+        ({"query": "x", "k": -3}, 422, "k"),
+        ({"query": "x", "k": 2.5}, 422, "valid integer"),
+        ({"query": "x", "k": "10"}, 422, "valid integer"),
+        ({"query": 42}, 422, "valid string"),
+        ({"query": ["a", "b"]}, 422, "valid string"),
+        ({"query": None}, 422, "valid string"),
+        ({}, 422, "Field required"),
+        ({"query": "x", "mode": "sideways"}, 422, "'symmetric' or 'asymmetric'"),
+        ({"query": "x", "rerank": "yes"}, 422, "valid boolean"),
+        ({"query": "x", "rerank": True, "rerank_depth": 21}, 422, "less than or equal to 20"),
+        ({"query": "x", "colour": "blue"}, 422, "Extra inputs"),
+        ([1, 2, 3], 422, "valid dictionary"),
+    ],
+)
+def test_bad_search_requests_are_4xx_with_reason(client, payload, status, reason):
+    r = client.post("/search", json=payload)
+    assert r.status_code == status, r.text
+    assert reason in r.text
+
+
+@pytest.mark.parametrize(
+    "content, status, reason",
+    [
+        (b'{"query": "caf\xe9 \xff"}', 400, "not valid UTF-8"),
+        (b'{"query": "unterminated', 422, "JSON decode error"),
+        (b"", 422, "Field required"),
+        (b"\x00\x01\x02", 422, "JSON decode error"),
+        (b'{"query": "ok"}' + b"\xc3", 400, "not valid UTF-8"),
+    ],
+)
+def test_malformed_bodies_are_4xx(client, content, status, reason):
+    r = client.post("/search", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert reason in r.text
+
+
+def test_oversized_body_is_413(client):
+    big = b'{"query": "' + b"a" * (1 << 20) + b'"}'
+    r = client.post("/search", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds the limit" in r.text
+
+    def chunks():  # no Content-Length: the limit still holds for a streamed body
+        yield b'{"query": "'
+        for _ in range(20):
+            yield b"b" * 65536
+        yield b'"}'
+
+    r = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_long_query_is_truncated_and_says_so(client):
+    r = client.post("/search", json={"query": "indexing " * 12_000, "k": 3})  # 108k characters
+    assert r.status_code == 200, r.text
+    assert r.json()["truncated"] is True and len(r.json()["hits"]) == 3
+
+
+def test_batch_limits(client):
+    r = client.post("/search/batch", json={"queries": ["q"] * 9})
+    assert r.status_code == 422 and "at most 8" in r.text
+    r = client.post("/search/batch", json={"queries": []})
+    assert r.status_code == 422
+    r = client.post("/search/batch", json={"queries": ["fine", " "]})
+    assert r.status_code == 422 and "[1]" in r.json()["reason"]
+
+
+# ------------------------------------------------------------------------------- ops and admin
+def test_health_ready_index_and_metrics(client, stores):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["modes"]["symmetric"]["loaded"] is True
+    info = client.get("/index").json()["modes"]["symmetric"]
+    assert info["version"] == stores["sym"].current_id()
+    m = info["manifest"]
+    assert m["encoder"]["name"] == "all-MiniLM-L6-v2" and m["dim"] == 384 and m["doc_count"] == 82
+    client.post("/search", json={"query": "indexing", "k": 1})
+    client.post("/search", json={"query": "", "k": 1})
+    text = client.get("/metrics").text
+    assert 'rd_http_requests_total{endpoint="/search",mode="symmetric",status="200"}' in text
+    assert 'rd_http_requests_total{endpoint="/search",mode="",status="422"}' in text
+    assert 'rd_http_request_duration_seconds_bucket{endpoint="/search",le="0.005",mode="symmetric",status="200"}' in text
+    assert f'rd_index_version_info{{mode="symmetric",version="{stores["sym"].current_id()}"}} 1.0' in text
+    assert 'rd_index_docs{mode="symmetric"} 82.0' in text
+    assert "rd_encoder_batch_size_bucket" in text
+
+
+def test_admin_reload_needs_the_key(client):
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
+    r = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200, r.text
+    assert all(not o["changed"] for o in r.json()["modes"].values())  # CURRENT did not move
+
+
+def test_hot_swap_under_load_drops_nothing(server, stores, adi):
+    """Publish a new version and reload while 8 clients query: zero failures, every answer
+    names its version, both versions answer, and nothing after the swap answers with the old one."""
+    from retrieval_distill.index.build import build_index
+
+    sym = stores["sym"]
+    old = sym.current_id()
+    emb = stores["emb"]
+    new_dir = sym.new_version_dir("hnsw")
+    new = build_index(
+        emb, adi.docids, new_dir, factory="HNSW32", params={"efSearch": 128},
+        manifest_extra={"encoder": json.loads(Path(sym.current().path / "manifest.json").read_text())["encoder"]},
+        texts=adi.doc_texts(),
+    )
+    queries = list(adi.queries.values())
+
+    async def run() -> tuple[list, dict]:
+        results: list[tuple[float, int, str | None]] = []
+        swap: dict = {}
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(base_url=server, timeout=60) as ac:
+
+            async def worker(i: int) -> None:
+                j = i
+                while not stop.is_set() and len(results) < 600:
+                    t = time.perf_counter()
+                    try:
+                        r = await ac.post("/search", json={"query": queries[j % len(queries)], "k": 5})
+                        results.append((t, r.status_code, r.json().get("index_version") if r.status_code == 200 else r.text))
+                    except httpx.HTTPError as e:  # a dropped connection is a failure too
+                        results.append((t, -1, repr(e)))
+                    j += 8
+
+            async def swapper() -> None:
+                while len(results) < 40:
+                    await asyncio.sleep(0.02)
+                sym.publish(new, cleanup=False)
+                swap["t0"] = time.perf_counter()
+                r = await ac.post("/admin/reload", headers={"X-API-Key": API_KEY})
+                swap["t1"] = time.perf_counter()
+                swap["response"] = r.json()
+                n = len(results)
+                deadline = time.perf_counter() + 30
+                while len(results) < n + 40 and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.02)
+                stop.set()
+
+            await asyncio.wait_for(asyncio.gather(swapper(), *(worker(i) for i in range(8))), timeout=180)
+        return results, swap
+
+    results, swap = asyncio.run(run())
+    failures = [r for r in results if r[1] != 200]
+    assert not failures, failures[:5]
+    assert swap["response"]["modes"]["symmetric"] == {"previous": old, "current": new.version_id, "changed": True}
+    versions = {v for _, _, v in results}
+    assert versions == {old, new.version_id}
+    # a request sent after the reload answered cannot be served by the old version
+    assert all(v == new.version_id for t, _, v in results if t > swap["t1"])
+    assert sum(1 for t, _, v in results if t > swap["t1"]) >= 40
+
+
+# ------------------------------------------------------------------------------- schemathesis
+def test_openapi_schema_fuzzing_finds_no_5xx(server):
+    """Schemathesis over every operation of the served OpenAPI schema, with schema-valid and
+    schema-invalid requests (bounded: 150 examples): no 5xx, valid requests accepted, invalid
+    ones rejected with 4xx, and responses that match their documented schemas.
+
+    (Driven through Hypothesis directly: schemathesis' pytest plugin does not run under pytest 9.)
+    """
+    import collections
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
+    ops = [r.ok() for r in schema.get_all_operations()]
+    assert {o.label for o in ops} >= {"POST /search", "POST /search/batch", "GET /readyz", "POST /admin/reload"}
+    strategy = st.one_of([o.as_strategy(generation_mode=m) for o in ops for m in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
+    seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def fuzz(case):
+        response = case.call_and_validate(base_url=server, timeout=60)
+        seen[(case.operation.label, response.status_code // 100)] += 1
+
+    fuzz()
+    assert not [k for k in seen if k[1] == 5]
+    # both valid answers and rejections were exercised on the search endpoints
+    assert seen[("POST /search", 2)] and seen[("POST /search", 4)]
+    assert seen[("POST /search/batch", 2)] and seen[("POST /search/batch", 4)]
