@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from retrieval_distill.distill.cli import app as distill_app  # noqa: E402
 from retrieval_distill.distill.cli import queries_app  # noqa: E402
 from retrieval_distill.evaluation.cli import app as eval_app  # noqa: E402
+from retrieval_distill.evaluation.repro import repro_app  # noqa: E402
 from retrieval_distill.index.cli import app as index_app  # noqa: E402
 from retrieval_distill.search.cli import app as bm25_app  # noqa: E402
 from retrieval_distill.serve_cli import serve  # noqa: E402
@@ -31,6 +32,7 @@ app.add_typer(distill_app, name="student")
 app.add_typer(queries_app, name="queries")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.add_typer(repro_app, name="repro")
 app.command("serve")(serve)
 
 
