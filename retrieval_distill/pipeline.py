@@ -194,38 +194,29 @@ class Pipeline:
         def go():
             from retrieval_distill.evaluation.runs import read_run, write_run
             from retrieval_distill.teachers.base import TeacherSpec, build_teacher
-            from retrieval_distill.teachers.scoring import read_scores, score_candidates
+            from retrieval_distill.teachers.scoring import score_candidates, scores_dict
 
             members = [self._member_spec(m) for m in tc.members]
-            # 1. weights on dev: score dev candidates with each member once, grid-search the weights
+            spec = TeacherSpec(kind="ensemble", members=members, normalization=tc.normalization, name="ensemble")
+            teacher = build_teacher(spec)
+            for m_t, m_spec in zip(teacher.members, members):
+                self._prime(m_t, m_spec)
+            corpus = self.collection("test")
+            doc_text = {d: corpus.doc_text(d) for d in corpus.corpus}
+            # 1. member weights chosen on dev (grid search by nDCG@10 over dev candidates)
             dev = self.collection("dev")
             dev_cands = read_run(self.path("candidates", "dev.trec"))
-            member_scores = []
-            for m in members:
-                t = build_teacher(m)
-                self._prime(t, m)
-                member_scores.append(self._score_run(t, dev, dev_cands))
-            best = self._fit_weights(dev, dev_cands, member_scores, tc)
-            spec = TeacherSpec(kind="ensemble", members=members, weights=best["weights"], normalization=tc.normalization, name="ensemble")
-            write_json_atomic(self.path("teacher", "ensemble.json"), {"spec": spec.model_dump(), "dev": best})
-            self.echo(f"  teacher weights {best['weights']} (dev nDCG@10 {best['ndcg@10']:.4f})")
-            teacher = build_teacher(spec)
-            for m_t, m_spec in zip(getattr(teacher, "members", []), members):
-                self._prime(m_t, m_spec)
-            # 2. the score file for every split, and teacher runs for dev/test
+            fit = teacher.fit_weights(dev.qrels, {q: list(r) for q, r in dev_cands.items()}, dev.queries, doc_text, grid=tc.weight_grid)
+            write_json_atomic(self.path("teacher", "ensemble.json"), {"spec": teacher.spec.model_dump(), "dev_fit": fit})
+            self.echo(f"  teacher weights {fit['weights']} ({fit['metric']} on dev {fit['best']:.4f}; equal weights {fit['equal']:.4f})")
+            # 2. the score file for every split; teacher runs (reranked candidates) for dev/test
             for split in ("train", "dev", "test"):
                 coll = self.collection(split)
                 out_dir = self.path("teacher", "scores", split)
-                score_candidates(
-                    teacher, self.path("candidates", f"{split}.trec"), coll, out_dir,
-                    shard_queries=tc.shard_queries,
-                )
+                score_candidates(teacher, self.path("candidates", f"{split}.trec"), coll.queries, doc_text, out_dir,
+                                 queries_per_shard=tc.shard_queries, overwrite=True)
                 if split != "train":
-                    df = read_scores(out_dir)
-                    run: dict[str, dict[str, float]] = {}
-                    for q, d, s in zip(df["qid"], df["docid"], df["score"]):
-                        run.setdefault(q, {})[d] = float(s)
-                    write_run(self.path("runs", f"teacher.{split}.trec"), run, tag="teacher")
+                    write_run(self.path("runs", f"teacher.{split}.trec"), scores_dict(out_dir), tag="teacher")
 
         inputs = {"teacher": tc.model_dump(), "candidates": self._stamp_fp("candidates")}
         self.run_stage("teacher", inputs, outs, go)
@@ -246,32 +237,6 @@ class Pipeline:
             docids, emb = self._embeddings(spec.model, name)
             teacher.set_document_embeddings(docids, emb)
 
-    def _score_run(self, teacher, coll: Collection, cands: dict) -> dict[str, dict[str, float]]:
-        from retrieval_distill.teachers.base import score_pairs
-
-        out = {}
-        for q in coll.queries:
-            docids = list(cands.get(q, {}))
-            s = score_pairs(teacher, [q] * len(docids), [coll.queries[q]] * len(docids), docids, coll.doc_texts(docids))
-            out[q] = dict(zip(docids, map(float, s)))
-        return out
-
-    def _fit_weights(self, dev: Collection, cands, member_scores, tc) -> dict:
-        """Grid search of member weights on dev by nDCG@10, per-query normalised scores."""
-        from retrieval_distill.evaluation.metrics import evaluate
-        from retrieval_distill.teachers.ensemble import normalize_scores
-
-        norm = [{q: normalize_scores(s, tc.normalization) for q, s in ms.items()} for ms in member_scores]
-        best = None
-        for w in product(tc.weight_grid, repeat=len(norm)):
-            if sum(w) == 0 or (len(w) > 1 and max(w) < max(tc.weight_grid)):
-                continue  # all-zero, or a rescaled copy of another grid point
-            run = {q: {d: sum(wi * n[q][d] for wi, n in zip(w, norm)) for d in norm[0][q]} for q in norm[0]}
-            nd = evaluate(dev.qrels, run, ["ndcg@10"]).overall["ndcg@10"]
-            if best is None or nd > best["ndcg@10"] + 1e-12:
-                best = {"weights": list(w), "ndcg@10": nd}
-        return best
-
     def train(self) -> None:
         out = self.path("models", "student")
 
@@ -279,14 +244,11 @@ class Pipeline:
             from retrieval_distill.distill.data import build_examples
             from retrieval_distill.distill.train import train_student
             from retrieval_distill.evaluation.runs import read_run
-            from retrieval_distill.teachers.scoring import read_scores
+            from retrieval_distill.teachers.scoring import scores_dict
 
             coll = self.collection("train")
             cands = read_run(self.path("candidates", "train.trec"))
-            df = read_scores(self.path("teacher", "scores", "train"))
-            scores: dict[str, dict[str, float]] = {}
-            for q, d, s in zip(df["qid"], df["docid"], df["score"]):
-                scores.setdefault(q, {})[d] = float(s)
+            scores = scores_dict(self.path("teacher", "scores", "train"))
             ex = build_examples(
                 coll, list(coll.queries), {q: list(r) for q, r in cands.items()}, scores,
                 n_negatives=self.cfg.train.n_negatives, negative_depth=self.cfg.train.negative_depth, seed=self.cfg.train.seed,
@@ -294,7 +256,8 @@ class Pipeline:
             self.echo(f"  {len(ex)} training examples from {len(coll.queries)} queries")
             manifest = json.loads(self.path("teacher", "scores", "train", "manifest.json").read_text())
             train_student(self.cfg.train, ex, out, card={
-                "teacher": manifest.get("teacher"), "teacher_fingerprint": manifest.get("fingerprint"),
+                "teacher": manifest.get("teacher_name"), "teacher_spec": manifest.get("teacher"),
+                "teacher_fingerprint": manifest.get("teacher_fingerprint"),
                 "data": {"dataset": self.cfg.dataset, "split": "train minus dev", "queries": len(coll.queries)},
             })
 
@@ -308,18 +271,19 @@ class Pipeline:
         def go():
             from retrieval_distill.index.build import build_index
             from retrieval_distill.index.store import IndexStore
-            from retrieval_distill.models import model_fingerprint
+            from retrieval_distill.models.encoder import Encoder
 
             model = str(self.path("models", "student"))
             docids, emb = self._embeddings(model, "student")
+            corpus = self.collection("test")
+            enc = Encoder(model)
             for f in ic.factories:
                 store = IndexStore(self.path("index", f.lower()))
-                v = build_index(
-                    emb, docids, store.new_version_dir(), factory=f, params=ic.params.get(f, {}),
-                    manifest_extra={"encoder": model, "encoder_fingerprint": model_fingerprint(model), "doc_side": "student",
-                                    "corpus": self.cfg.dataset},
-                )
-                store.publish(v.path)
+                v = build_index(emb, docids, store.new_version_dir(f), factory=f, params=ic.params.get(f, {}), encoder=enc,
+                                texts=corpus.doc_texts(docids),
+                                manifest_extra={"documents_side": "student", "corpus": self.cfg.dataset})
+                store.publish(v)
+                self.echo(f"  index {f}: {v.path}")
 
         inputs = {"index": ic.model_dump(), "train": self._stamp_fp("train")}
         self.run_stage("index", inputs, outs, go)

@@ -53,7 +53,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.doc_model.get_sentence_embedding_dimension())
+        return int(self.doc_model.get_embedding_dimension())
 
     @property
     def symmetric(self) -> bool:
