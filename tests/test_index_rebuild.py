@@ -1,0 +1,174 @@
+"""Rebuild jobs (no-op / params / incremental / full), `rd index` CLI and verify, on ADI with MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import index_support as S
+from retrieval_distill.index.build import build_index, corpus_fingerprint, doc_hashes
+from retrieval_distill.index.cli import app
+from retrieval_distill.index.rebuild import _refs, plan, rebuild
+from retrieval_distill.index.store import IndexStore
+from retrieval_distill.index.verify import verify_version
+from retrieval_distill.search.dense import DenseSearcher
+
+
+def _log():
+    lines = []
+    return lines, lines.append
+
+
+def test_rebuild_full_noop_params_incremental(tmp_path):
+    S.adi_encoded()  # the shared encoding cache: the first full build encodes nothing
+    spec = S.spec(tmp_path, S.copy_beir(tmp_path / "adi"))
+    lines, log = _log()
+    r1 = rebuild(spec, log=log)
+    assert r1.decision.action == "full" and r1.decision.reasons == ["no current version"]
+    assert r1.version.manifest.extra["encoding_cache"] == str(S.adi_encoded()[2])
+    assert any(line.startswith("decision: full: no current version") for line in lines)
+
+    r2 = rebuild(spec, log=log)
+    assert r2.decision.action == "noop" and r2.version.version_id == r1.version.version_id
+    assert "unchanged" in lines[-1]
+
+    r3 = rebuild(S.spec(tmp_path, tmp_path / "adi", params={"efSearch": 32}), log=log)
+    assert r3.decision.action == "params" and r3.version.manifest.params == {"efSearch": 32}
+    assert r3.version.manifest.built_from == f"params:{r1.version.version_id}"
+
+    # only the corpus changed: 2 documents removed, 1 edited, 1 added -> incremental on Flat
+    new_text = "automatic indexing of technical reports by computer"
+    S.copy_beir(tmp_path / "adi", drop=["5", "6"], edit={"7": new_text}, add={"900": "a catalog of library punched cards"})
+    r4 = rebuild(S.spec(tmp_path, tmp_path / "adi", params={"efSearch": 32}), log=log)
+    d = r4.decision
+    assert d.action == "incremental" and (d.added, d.removed, d.changed) == (["900"], ["5", "6"], ["7"])
+    assert "decision: incremental (+1 added, -2 removed, ~1 changed)" in "\n".join(lines)
+    v = r4.version.load()
+    m = v.manifest
+    assert (m.doc_count, m.ntotal, m.tombstones) == (81, 81, 0) and m.built_from == f"incremental:{r3.version.version_id}"
+    assert v.docids[4] == v.docids[5] == v.docids[6] == "" and v.docids[-2:] == ["900", "7"]
+
+    # the incremental index answers exactly like a flat index built from scratch on the new corpus
+    docids, emb, _ = S.adi_encoded()
+    fresh = S.encoder().encode_documents([S.adi().corpus["7"]["title"] + " " + new_text, "a catalog of library punched cards"])
+    keep = [i for i, x in enumerate(docids) if x not in ("5", "6", "7")]
+    all_ids = [docids[i] for i in keep] + ["7", "900"]
+    all_emb = np.vstack([emb[keep], fresh])
+    qids, q = S.adi_query_vectors()
+    exact = q @ all_emb.T
+    scores, got = DenseSearcher(v, S.encoder()).search_vectors(q, 10)
+    for row, g, s in zip(exact, got, scores):
+        order = np.argsort(-row)[:10]
+        assert list(g) == [all_ids[i] for i in order]
+        np.testing.assert_allclose(s, row[order], atol=1e-4)
+    assert store_versions(tmp_path) == 3  # keep=3
+
+    r5 = rebuild(S.spec(tmp_path, tmp_path / "adi", params={"efSearch": 32}), log=log)
+    assert r5.decision.action == "noop"
+
+
+def store_versions(tmp_path) -> int:
+    return len(IndexStore(tmp_path / "store").versions())
+
+
+def test_plan_decisions(tmp_path):
+    docids, emb, _ = S.adi_encoded()
+    texts = S.adi().doc_texts()
+    hashes = doc_hashes(docids, texts)
+    refs = _refs(S.spec(tmp_path))
+    base = dict(encoder=S.encoder(), hashes=hashes)
+    hnsw = build_index(emb, docids, tmp_path / "hnsw", factory="HNSW32", params={"efConstruction": 40}, **base)
+    ivf = build_index(emb, docids, tmp_path / "ivf", factory="IVF2,Flat", params={"nprobe": 2}, **base)
+
+    def decide(version, ids=docids, h=hashes, **kw):
+        return plan(S.spec(tmp_path, **kw), version, ids, h, refs)
+
+    assert decide(hnsw, factory="HNSW32", params={"efConstruction": 40}).action == "noop"
+    d = decide(hnsw, factory="HNSW32", params={"efConstruction": 80})
+    assert d.action == "full" and "build parameters changed" in d.reasons[0]
+    d = decide(hnsw, factory="Flat", params={"efConstruction": 40})
+    assert d.action == "full" and d.reasons == ["factory changed (HNSW32 -> Flat)"]
+    d = decide(hnsw, factory="HNSW32", params={"efConstruction": 40}, side="teacher")
+    assert d.action == "full" and "documents side changed" in d.reasons[0]
+    other = build_index(emb, docids, tmp_path / "other", manifest_extra={"encoder": {"name": "x", "fingerprint": "f" * 16}})
+    d = decide(other)
+    assert d.action == "full" and d.reasons[0].startswith("document encoder changed (x@ffff")
+
+    # HNSW: 5 removals of 82 stay under 10% tombstones; 9 do not
+    d = decide(hnsw, docids[5:], hashes[5:], factory="HNSW32", params={"efConstruction": 40})
+    assert d.action == "incremental" and "become tombstones (5/82)" in d.reasons[-1]
+    d = decide(hnsw, docids[9:], hashes[9:], factory="HNSW32", params={"efConstruction": 40})
+    assert d.action == "full" and "tombstones would reach 9/82 > max_tombstones 0.1" in d.reasons[-1]
+
+    # IVF: drift = changed docs since training / trained_on (82); 16 removed = 0.195 <= 0.2, 17 = 0.207
+    d = decide(ivf, docids[16:], hashes[16:], factory="IVF2,Flat", params={"nprobe": 2})
+    assert d.action == "incremental" and "drift since training 0.195" in d.reasons[-1]
+    d = decide(ivf, docids[17:], hashes[17:], factory="IVF2,Flat", params={"nprobe": 2})
+    assert d.action == "full" and "drift since training 0.207 > ivf_retrain_drift 0.2: re-train" in d.reasons[-1]
+
+    # a current version that does not load -> full, saying why
+    (hnsw.path / "index.faiss").write_bytes(b"garbage")
+    d = decide(type(hnsw)(hnsw.path), factory="HNSW32", params={"efConstruction": 40})
+    assert d.action == "full" and "does not load" in d.reasons[0] and "index.faiss" in d.reasons[0]
+
+
+def test_hnsw_incremental_rebuild_keeps_answers_consistent(tmp_path):
+    S.adi_encoded()
+    S.copy_beir(tmp_path / "adi")
+    spec = dict(factory="HNSW32", params={"efConstruction": 80, "efSearch": 128})
+    r1 = rebuild(S.spec(tmp_path, tmp_path / "adi", **spec), log=lambda s: None)
+    assert r1.decision.action == "full"
+    S.copy_beir(tmp_path / "adi", drop=["10", "11", "12"])
+    r2 = rebuild(S.spec(tmp_path, tmp_path / "adi", **spec), log=lambda s: None)
+    assert r2.decision.action == "incremental"
+    m = r2.version.manifest
+    assert (m.doc_count, m.ntotal, m.tombstones) == (79, 82, 3)
+    s = DenseSearcher(r2.version, S.encoder())
+    res = s.batch_search(S.adi().queries, k=79)
+    assert all(len(h) == 79 and not {"10", "11", "12"} & {x.docid for x in h} for h in res.values())
+
+
+def test_cli_build_info_verify_search(tmp_path):
+    S.adi_encoded()
+    runner = CliRunner()
+    root = tmp_path / "cli"
+    r = runner.invoke(app, ["build", "--model", "all-MiniLM-L6-v2", "--dataset", str(S.ADI), "--out", str(root),
+                            "--factory", "HNSW32", "--param", "efSearch=64", "--param", "efConstruction=100",
+                            "--shard-size", str(S.SHARD), "--encodings", str(S.encodings_root())])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["info", str(root)])
+    assert r.exit_code == 0, r.output
+    assert "HNSW32 (faiss: IDMap2,HNSW32), metric ip, normalised True, dim 384" in r.output
+    assert '{"efConstruction": 100, "efSearch": 64}' in r.output and "documents    82 (stored vectors 82" in r.output
+    r = runner.invoke(app, ["verify", str(root), "--sample", "8"])
+    assert r.exit_code == 0, r.output
+    assert "OK" in r.output and "8 sampled vectors match a fresh encoding" in r.output
+    r = runner.invoke(app, ["search", str(root), S.adi().queries["1"], "--k", "3"])
+    assert r.exit_code == 0 and len([ln for ln in r.output.splitlines() if ln.count("\t") == 2]) == 3
+    r = runner.invoke(app, ["info", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "no index version folder" in r.output
+
+
+def test_verify_catches_wrong_vectors(tmp_path):
+    docids, emb, _ = S.adi_encoded()
+    texts = S.adi().doc_texts()
+    good = build_index(emb, docids, tmp_path / "good", factory="SQ8", encoder=S.encoder(), texts=texts)
+    bad = build_index(emb[::-1], docids, tmp_path / "bad", encoder=S.encoder(), texts=texts)  # rows shuffled
+    rep = verify_version(good, corpus=S.adi(), encoder=S.encoder(), sample=6)
+    assert rep.ok and rep.min_cosine >= 0.98 and rep.self_recall_at_10 == 1.0, str(rep)
+    rep = verify_version(bad, corpus=S.adi(), encoder=S.encoder(), sample=6)
+    assert not rep.ok and "bad/index.faiss: stored vector of docid" in rep.problems[0]
+    # a corpus that moved on: reported as stale, not corrupt
+    ids2 = docids[:-1]
+    rep = verify_version(good, corpus=(ids2, texts[:-1]), encoder=S.encoder(), sample=4)
+    assert rep.ok and "stale" in rep.warnings[0]
+    assert corpus_fingerprint(ids2, doc_hashes(ids2, texts[:-1])) in rep.warnings[0]
+
+
+def test_rebuild_refuses_concurrent_run(tmp_path):
+    spec = S.spec(tmp_path)
+    store = IndexStore(spec.root)
+    with store.lock():
+        with pytest.raises(BlockingIOError, match="another rebuild"):
+            rebuild(spec, log=lambda s: None)
