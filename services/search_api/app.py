@@ -356,6 +356,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     s = settings
     Mode = Literal["symmetric", "asymmetric"]
+    # bounds inside the integer branch of the optional (so the schema has minimum/maximum)
+    Depth = Annotated[int, Field(ge=1, le=s.rerank_max_depth), BeforeValidator(_integral)]  # this order: pydantic emits minimum/maximum
 
     class SearchRequest(BaseModel):
         model_config = ConfigDict(
@@ -369,9 +371,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         k: Int = Field(10, ge=1, le=s.max_k, description="number of hits")
         mode: Mode = Field("symmetric", description="`symmetric`: student index; `asymmetric`: teacher-encoded documents, student queries")
         rerank: StrictBool = Field(False, description="rerank the top `rerank_depth` hits with the configured teacher")
-        rerank_depth: Int | None = Field(
-            None, ge=1, le=s.rerank_max_depth, description=f"hits reranked (default {s.rerank_default_depth}; at least k)"
-        )
+        rerank_depth: Depth | None = Field(None, description=f"hits reranked (default {s.rerank_default_depth}; at least k)")
 
         @field_validator("query")
         @classmethod
@@ -391,7 +391,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         k: Int = Field(10, ge=1, le=s.max_k)
         mode: Mode = "symmetric"
         rerank: StrictBool = False
-        rerank_depth: Int | None = Field(None, ge=1, le=s.rerank_max_depth)
+        rerank_depth: Depth | None = None
 
         @field_validator("queries")
         @classmethod

@@ -126,6 +126,11 @@ class MicroBatcher(Generic[T, R]):
                 results = await loop.run_in_executor(self.executor, self.process, [it for it, _ in live])
                 if len(results) != len(live):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
+            except asyncio.CancelledError:  # stop() while a batch runs: nobody is left waiting forever
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("service shutting down"))
+                raise
             except Exception as e:  # noqa: BLE001 - forwarded to every waiter of the batch
                 for _, fut in live:
                     if not fut.done():
