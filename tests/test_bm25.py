@@ -16,8 +16,8 @@ def test_search_and_score_pairs_agree(adi, adi_bm25):
     hits = adi_bm25.search(adi.queries[qid], k=10)
     assert [h.rank for h in hits] == list(range(1, 11))
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
-    again = adi_bm25.score_pairs(adi.queries[qid], [h.docid for h in hits])
-    assert again == pytest.approx([h.score for h in hits], rel=1e-4)
+    again = adi_bm25.score_pairs(adi.queries[qid], [h.docid for h in hits] + ["no-such-doc"])
+    assert again == pytest.approx([h.score for h in hits] + [0.0], rel=1e-4)
 
 
 def test_batch_search_quality_on_adi(adi, adi_bm25):
