@@ -585,13 +585,16 @@ def fit_projection(student_embeddings: np.ndarray, teacher_embeddings: np.ndarra
     Returns:
         ``weight`` float32 ``(D_t, D_s)`` and ``bias`` float32 ``(D_t,)``.
     """
-    x = np.asarray(student_embeddings, dtype=np.float64)
-    y = np.asarray(teacher_embeddings, dtype=np.float64)
+    # torch.linalg, not numpy.linalg: numpy's OpenBLAS LAPACK solve of a few hundred dims
+    # segfaults on the main thread once Pyserini has started the JVM in the process
+    # (measured here: np.linalg.solve on 384x384 after BM25Searcher(...) -> SIGSEGV).
+    x = torch.as_tensor(np.asarray(student_embeddings), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(teacher_embeddings), dtype=torch.float64)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{x.shape[0]} student vs {y.shape[0]} teacher embeddings")
     xm, ym = x.mean(0), y.mean(0)
     xc, yc = x - xm, y - ym
-    a = xc.T @ xc + ridge * np.eye(x.shape[1])
-    w = np.linalg.solve(a, xc.T @ yc).T  # (D_t, D_s)
+    a = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64)
+    w = torch.linalg.solve(a, xc.T @ yc).T  # (D_t, D_s)
     b = ym - w @ xm
-    return w.astype(np.float32), b.astype(np.float32)
+    return w.numpy().astype(np.float32), b.numpy().astype(np.float32)
