@@ -157,3 +157,27 @@ def test_run_rerank_with_a_teacher(adi, adi_bm25_run, tmp_path):
     bad.write_text(f"{next(iter(few))} Q0 no-such-doc 1 1.0 x\n")
     r = runner.invoke(app, ["eval", "run", str(ADI), str(out), "--searcher", "rerank", "--teacher", spec, "--candidates", str(bad)])
     assert r.exit_code == 2 and "docid 'no-such-doc' is not in the corpus" in r.output
+
+
+def test_rerank_resumes_from_checkpoint(adi, adi_bm25_run, tmp_path):
+    from retrieval_distill.evaluation.cli import rerank_run
+
+    index, fixture_run = adi_bm25_run
+    few = {q: v for q, v in list(read_run(fixture_run).items())[:4]}
+    write_run(tmp_path / "cands.trec", few, tag="bm25")
+    spec = json.dumps({"kind": "bm25", "options": {"index": str(index), "k1": 1.2, "b": 0.75}})
+    ck = tmp_path / "rr.trec.partial"
+    full = rerank_run(adi, adi.queries, spec, tmp_path / "cands.trec", 5, checkpoint=ck)
+    lines = ck.read_text().splitlines()
+    assert len(lines) == 5  # fingerprint + one line per query
+    # Simulate a kill: 2 finished queries (the first one marked), then a torn line.
+    q0 = json.loads(lines[1])
+    marked = {"qid": q0["qid"], "scores": {d: 999.0 for d in q0["scores"]}}
+    ck.write_text("\n".join([lines[0], json.dumps(marked), lines[2], lines[3][: len(lines[3]) // 2]]))
+    resumed = rerank_run(adi, adi.queries, spec, tmp_path / "cands.trec", 5, checkpoint=ck)
+    assert resumed[q0["qid"]] == marked["scores"]  # taken from the checkpoint, not recomputed
+    assert {q: v for q, v in resumed.items() if q != q0["qid"]} == {q: v for q, v in full.items() if q != q0["qid"]}
+    assert len(ck.read_text().splitlines()) == 5 and list(resumed) == list(full)
+    # Other settings (depth 3): the checkpoint is discarded, nothing stale is reused.
+    other = rerank_run(adi, adi.queries, spec, tmp_path / "cands.trec", 3, checkpoint=ck)
+    assert other[q0["qid"]] != marked["scores"] and all(len(v) == 3 for v in other.values())

@@ -162,12 +162,13 @@ def run_cmd(
         elif searcher == "dense":
             run = dense_run(index, queries, k, encoder, query_encoder)
         elif searcher == "rerank":
-            run = rerank_run(c, queries, teacher, candidates, depth)
+            run = rerank_run(c, queries, teacher, candidates, depth, checkpoint=output.with_name(output.name + ".partial"))
         else:
             raise ValueError(f"unknown searcher {searcher!r}: use bm25, dense or rerank")
     except (FileNotFoundError, DataFormatError, ValueError) as e:
         _fail(e)
     write_run(output, run, tag=tag or searcher, k=k)
+    output.with_name(output.name + ".partial").unlink(missing_ok=True)
     typer.echo(f"wrote {output} ({len(run)} queries, top {k})")
 
 
@@ -196,27 +197,71 @@ def dense_run(index: Path | None, queries: dict[str, str], k: int, encoder: str 
     return {q: {h.docid: h.score for h in hs if h.docid} for q, hs in hits.items()}
 
 
-def rerank_run(collection, queries: dict[str, str], teacher: str | None, candidates: Path | None, depth: int):
+def rerank_run(
+    collection, queries: dict[str, str], teacher: str | None, candidates: Path | None, depth: int,
+    checkpoint: Path | None = None,
+):
     """Rerank the top ``depth`` candidates of a run with a teacher: qid -> {docid: teacher score}.
+
+    Resumable: with ``checkpoint``, each finished query is appended to that JSONL file
+    (first line: the settings' fingerprint). A killed job started again with the same
+    settings skips the queries already there (a half-written last line is dropped and
+    redone); with other settings the checkpoint is discarded.
 
     Raises:
         ValueError: missing ``--teacher``/``--candidates``, or candidates naming docids not in the corpus.
     """
+    import json
+
     from tqdm.auto import tqdm
 
     from retrieval_distill.evaluation.runs import read_run, trec_order
     from retrieval_distill.teachers.base import build_teacher, parse_spec, score_pairs
+    from retrieval_distill.utils import fingerprint_obj, sha256_file
 
     if not teacher or candidates is None:
         raise ValueError("--searcher rerank needs --teacher and --candidates")
     cand = read_run(candidates)
-    t = build_teacher(parse_spec(teacher))
-    out: dict[str, dict[str, float]] = {}
-    for qid in tqdm([q for q in queries if q in cand], desc="rerank", unit="query", file=sys.stderr):
-        docids = [d for d, _ in trec_order(cand[qid])[:depth]]
-        unknown = [d for d in docids if d not in collection.corpus]
+    spec = parse_spec(teacher)
+    todo = [q for q in queries if q in cand]
+    for qid in todo:  # validate everything before the (slow) scoring starts
+        unknown = [d for d, _ in trec_order(cand[qid])[:depth] if d not in collection.corpus]
         if unknown:
             raise ValueError(f"{candidates}: query {qid}: docid {unknown[0]!r} is not in the corpus of {collection.name}")
-        scores = score_pairs(t, [qid] * len(docids), [queries[qid]] * len(docids), docids, collection.doc_texts(docids))
-        out[qid] = {d: float(s) for d, s in zip(docids, scores)}
-    return out
+    fp = fingerprint_obj({"spec": spec.model_dump(), "candidates": sha256_file(candidates), "depth": depth,
+                          "dataset": collection.name})
+    out: dict[str, dict[str, float]] = {}
+    if checkpoint is not None and checkpoint.exists():
+        lines = checkpoint.read_text(encoding="utf-8").split("\n")
+        if lines and lines[0] == fp:
+            for ln in lines[1:]:
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    break  # the line being written when the job was killed
+                out[rec["qid"]] = rec["scores"]
+            print(f"resuming: {len(out)} of {len(todo)} queries already reranked ({checkpoint})", file=sys.stderr)
+        else:
+            checkpoint.unlink()
+    fh = None
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if not checkpoint.exists():
+            checkpoint.write_text(fp + "\n", encoding="utf-8")
+        else:  # rewrite without a torn last line
+            checkpoint.write_text(fp + "\n" + "".join(json.dumps({"qid": q, "scores": v}) + "\n" for q, v in out.items()),
+                                  encoding="utf-8")
+        fh = open(checkpoint, "a", encoding="utf-8")
+    t = build_teacher(spec)
+    try:
+        for qid in tqdm([q for q in todo if q not in out], desc="rerank", unit="query", file=sys.stderr):
+            docids = [d for d, _ in trec_order(cand[qid])[:depth]]
+            scores = score_pairs(t, [qid] * len(docids), [queries[qid]] * len(docids), docids, collection.doc_texts(docids))
+            out[qid] = {d: float(s) for d, s in zip(docids, scores)}
+            if fh is not None:
+                fh.write(json.dumps({"qid": qid, "scores": out[qid]}) + "\n")
+                fh.flush()
+    finally:
+        if fh is not None:
+            fh.close()
+    return {q: out[q] for q in todo}
