@@ -87,3 +87,120 @@ def score_cmd(
         + f"; empty passages {c['empty_passages']}, queries over max_length {c['queries_over_max_length']}, redone shards {c['redone_shards']}"
         + ("" if m["complete"] else "  [INCOMPLETE]")
     )
+
+
+def _read_qids(path: Path | None) -> set[str]:
+    if path is None:
+        return set()
+    return {line.split()[0] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def _ranked(run: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    from retrieval_distill.evaluation.runs import trec_order
+
+    return {q: [d for d, _ in trec_order(r)] for q, r in run.items()}
+
+
+@app.command("fit")
+def fit_cmd(
+    backbone: str = typer.Option("all-MiniLM-L6-v2", help="backbone (path / alias / hub name)"),
+    dataset: str = typer.Option(..., help="dataset id with split (beir/scifact/train) or BEIR folder"),
+    candidates: Path = typer.Option(..., help="TREC run of the training queries (hard negatives come from it)"),
+    output: Path = typer.Option(..., "--output", "-o", help="cross-encoder folder to write"),
+    split: str = typer.Option(None, help="qrels split when DATASET is a folder"),
+    exclude_qids: Path = typer.Option(None, help="file of qids (first column) to hold out, e.g. the dev split"),
+    negatives: int = typer.Option(4, help="hard negatives per query"),
+    epochs: float = typer.Option(1.0),
+    max_steps: int = typer.Option(-1, help="stop after this many steps (overrides epochs)"),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(2e-5),
+    max_length: int = typer.Option(256),
+    seed: int = typer.Option(13),
+    distill_scores: Path = typer.Option(None, help="score folder of a teacher to regress first (teacher of the teacher)"),
+    distill_epochs: float = typer.Option(1.0),
+):
+    """Train a cross-encoder teacher from a backbone on qrels plus mined hard negatives."""
+    _logging()
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.evaluation.runs import read_run
+    from retrieval_distill.teachers.fit import fit_cross_encoder
+    from retrieval_distill.teachers.scoring import scores_dict
+
+    coll = load_collection(dataset, split=split)
+    held = _read_qids(exclude_qids)
+    queries = {q: t for q, t in coll.queries.items() if q not in held}
+    distill = scores_dict(distill_scores) if distill_scores else None
+    if distill:
+        distill = {q: v for q, v in distill.items() if q not in held}
+    path = fit_cross_encoder(
+        backbone, queries, coll.qrels, _ranked(read_run(candidates)), coll.doc_text, output,
+        negatives=negatives, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
+        max_steps=max_steps, seed=seed, distill_scores=distill, distill_epochs=distill_epochs,
+    )  # fmt: skip
+    typer.echo(f"wrote {path}: {(path / 'fit.json').read_text()}")
+
+
+@app.command("fit-weights")
+def fit_weights_cmd(
+    teacher: str = typer.Option(..., "--teacher", "-t", help="ensemble spec (file or inline JSON)"),
+    dataset: str = typer.Option(..., help="dev dataset id with split, or BEIR folder"),
+    candidates: Path = typer.Option(..., help="TREC run of the dev queries (the lists to rerank)"),
+    output: Path = typer.Option(..., "--output", "-o", help="ensemble spec JSON with the chosen weights"),
+    split: str = typer.Option(None),
+    qids: Path = typer.Option(None, help="file of dev qids (first column); default all judged queries"),
+    grid: str = typer.Option("0,0.25,0.5,0.75,1", help="weight values tried per member"),
+    metric: str = typer.Option("ndcg@10"),
+):
+    """Choose ensemble weights on dev by nDCG@10 and write the spec with them."""
+    _logging()
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.evaluation.runs import read_run
+    from retrieval_distill.teachers.base import build_teacher, parse_spec
+    from retrieval_distill.utils import write_json_atomic
+
+    spec = parse_spec(teacher)
+    if spec.kind != "ensemble":
+        raise typer.BadParameter("fit-weights needs an ensemble spec")
+    coll = load_collection(dataset, split=split)
+    ranked = _ranked(read_run(candidates))
+    keep = _read_qids(qids)
+    if keep:
+        ranked = {q: v for q, v in ranked.items() if q in keep}
+    ens = build_teacher(spec)
+    res = ens.fit_weights(coll.qrels, ranked, coll.queries, coll.doc_text, grid=[float(x) for x in grid.split(",")], metric=metric)
+    out = ens.spec.model_dump()
+    out["fit"] = {k: res[k] for k in ("metric", "best", "equal", "queries")} | {"candidates": str(candidates), "dataset": dataset}
+    write_json_atomic(output, out)
+    typer.echo(f"weights {res['weights']}: {metric} {res['best']:.4f} on {res['queries']} dev queries (equal weights {res['equal']:.4f}); wrote {output}")
+
+
+@app.command("import-hofstatter")
+def import_cmd(
+    tsv: Path = typer.Argument(..., help="pos_score neg_score qid pos_pid neg_pid"),
+    output: Path = typer.Argument(..., help="score folder to write"),
+    name: str = typer.Option(None, help="teacher name stored in the score file"),
+):
+    """Import a published Hofstätter margin-MSE teacher file as a score folder."""
+    _logging()
+    from retrieval_distill.teachers.hofstatter import import_hofstatter
+
+    m = import_hofstatter(tsv, output, teacher_name=name)
+    typer.echo(f"{output}: {m['counts']}")
+
+
+@app.command("export-hofstatter")
+def export_cmd(
+    scores: Path = typer.Argument(..., help="score folder"),
+    output: Path = typer.Argument(..., help="TSV to write"),
+    dataset: str = typer.Option(None, help="dataset id/folder whose qrels give the positives"),
+    split: str = typer.Option(None),
+    triples: Path = typer.Option(None, help="'qid pos neg' file giving the triples instead"),
+    max_negatives: int = typer.Option(None, help="highest-scored negatives per query (qrels mode)"),
+):
+    """Export a score folder as a Hofstätter TSV (pos_score neg_score qid pos_pid neg_pid)."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.teachers.hofstatter import export_hofstatter
+
+    qrels = load_collection(dataset, split=split).qrels if dataset else None
+    n = export_hofstatter(scores, output, qrels=qrels, triples=triples, max_negatives=max_negatives)
+    typer.echo(f"wrote {n} lines to {output}")
