@@ -22,7 +22,8 @@ Semantics, checked against trec_eval on hand-worked cases in ``tests/test_eval_m
   (:func:`rank_scores`); every metric here depends on ranks only.
 * **Graded qrels**: nDCG uses the grades themselves as gains with a log2(rank+1)
   discount (Järvelin & Kekäläinen 2002; trec_eval ``ndcg_cut``, ranx ``ndcg``), with
-  every grade >= 1 contributing gain, as trec_eval does for nDCG even with ``-l``.
+  every grade >= 1 contributing gain whatever ``rel_threshold`` is: the way TREC DL nDCG@10
+  is published (Anserini/Pyserini run ``trec_eval -c -m ndcg_cut.10`` without ``-l``).
 * **Binary metrics** (MRR, Recall, MAP, Precision, ...) call a document relevant when
   its grade >= ``rel_threshold``, like ``trec_eval -l``. TREC DL uses 2
   (``trec_eval -c -l 2 -m map``), BEIR and classic collections 1. This is ranx's
