@@ -31,7 +31,7 @@ def serve(
     port: Optional[int] = typer.Option(None, help="port (default 8000; 0 picks a free one)"),
     max_k: Optional[int] = typer.Option(None, help="largest k a request may ask for (default 100)"),
     batch_max_size: Optional[int] = typer.Option(None, help="micro-batch: most queries per encoder pass (default 32)"),
-    batch_max_wait_ms: Optional[float] = typer.Option(None, help="micro-batch: longest wait for companions, ms (default 2)"),
+    batch_max_wait_ms: Optional[float] = typer.Option(None, help="micro-batch: longest wait for companions, ms (default 5)"),
     torch_threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: half the cores)"),
     faiss_threads: Optional[int] = typer.Option(None, help="FAISS OpenMP threads (default 1)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),

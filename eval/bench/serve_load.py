@@ -6,8 +6,9 @@ and the same queries:
 * ``ours``: ``rd serve`` (micro-batched encoder on one worker thread, torch/FAISS threads
   set, pure-ASGI middleware);
 * ``naive``: a plain FastAPI ``def`` handler calling ``SentenceTransformer.encode([query])``
-  and a flat FAISS inner-product search per request (defaults everywhere: FastAPI's thread
-  pool, torch's default thread count).
+  and a flat FAISS inner-product search per request (FastAPI's thread pool runs requests
+  concurrently; torch gets ``--naive-threads`` threads per call, 1 by default like ours,
+  because torch's default of one thread per core collapses when the cores are shared).
 
 Measured (closed loop, httpx.AsyncClient): latency p50/p99 at concurrency 1, and QPS at
 concurrency 16. Every phase is bounded by a request count and a time limit. The result is
@@ -35,16 +36,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- naive baseline
+class Req(BaseModel):
+    """The naive server's request body (module level: FastAPI must resolve the annotation)."""
+
+    query: str
+    k: int = 10
+
+
 def naive_app(version_dir: str, model: str):
     """The baseline: encode one query with SentenceTransformer and search a flat FAISS index."""
     import faiss
     import numpy as np
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     from retrieval_distill.models import load_sentence_transformer
 
@@ -54,10 +63,6 @@ def naive_app(version_dir: str, model: str):
     flat = faiss.IndexFlatIP(index.d)
     flat.add(np.ascontiguousarray(vecs, dtype=np.float32))
     docids = (Path(version_dir) / "docids").read_text(encoding="utf-8").split("\n")[: index.ntotal]
-
-    class Req(BaseModel):
-        query: str
-        k: int = 10
 
     app = FastAPI()
 
@@ -74,8 +79,13 @@ def naive_app(version_dir: str, model: str):
     return app
 
 
-def _serve_naive(version_dir: str, model: str, port: int) -> None:
+def _serve_naive(version_dir: str, model: str, port: int, threads: int) -> None:
     import uvicorn
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
 
     uvicorn.run(naive_app(version_dir, model), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -112,6 +122,12 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux ``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], p: float) -> float:
     xs = sorted(values)
     if not xs:
@@ -128,7 +144,7 @@ async def _load(base: str, queries: list[str], concurrency: int, max_requests: i
     errors = 0
     sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
         # warm-up: every connection once, plus a few sequential queries
         for q in queries[:5]:
             await client.post("/search", json={"query": q, "k": k})
@@ -141,9 +157,13 @@ async def _load(base: str, queries: list[str], concurrency: int, max_requests: i
             while sent < max_requests and time.perf_counter() < deadline:
                 sent += 1
                 t = time.perf_counter()
-                r = await client.post("/search", json={"query": queries[i % len(queries)], "k": k})
+                try:
+                    r = await client.post("/search", json={"query": queries[i % len(queries)], "k": k})
+                    ok = r.status_code == 200
+                except httpx.TransportError:  # e.g. a keep-alive connection closed under our feet
+                    ok = False
                 lat.append(time.perf_counter() - t)
-                if r.status_code != 200:
+                if not ok:
                     errors += 1
                 i += concurrency
 
@@ -185,9 +205,20 @@ def _phase(name: str, cmd: list[str], env: dict, queries: list[str], args) -> di
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc)
-        out = {}
+        import httpx
+
+        top = httpx.post(f"{base}/search", json={"query": queries[0], "k": args.k}, timeout=300)
+        top.raise_for_status()
+        out = {"top_docids_q0": [h["docid"] for h in top.json()["hits"]]}
         for c, n, secs in ((1, args.requests_c1, args.seconds), (args.concurrency, args.requests_c16, args.seconds)):
+            cpu0 = _cpu_seconds(proc.pid)
             out[f"c{c}"] = asyncio.run(_load(base, queries, c, n, secs, args.k))
+            # CPU time the server spent per answered request (warm-up requests included in the
+            # count): robust to how much of the shared cores the scheduler gave the server
+            warm = 5 + c
+            out[f"c{c}"]["server_cpu_ms_per_request"] = round(
+                1000 * (_cpu_seconds(proc.pid) - cpu0) / (out[f"c{c}"]["requests"] + warm), 2
+            )
             print(f"  {name} c={c}: {out[f'c{c}']}", flush=True)
         return out
     finally:
@@ -206,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--requests-c16", type=int, default=1500)
     ap.add_argument("--seconds", type=float, default=30.0, help="time limit per phase")
     ap.add_argument("--torch-threads", type=int, default=None, help="ours: torch threads (default: service default)")
+    ap.add_argument("--naive-threads", type=int, default=1,
+                    help="naive: torch threads per encode call (default 1, like ours, so that neither server "
+                         "oversubscribes the cores; 0 keeps torch's default, one per core)")
     ap.add_argument("--out", type=Path, default=PROJECT / "work" / "bench" / "serve_load.json")
     ap.add_argument("--serve-naive", nargs=2, metavar=("VERSION_DIR", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -214,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.serve_naive:
         vdir, model = args.serve_naive
-        _serve_naive(vdir, model, args.port)
+        _serve_naive(vdir, model, args.port, args.naive_threads)
         return {}
 
     from retrieval_distill.data.collections import load_collection
@@ -228,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
     env = dict(os.environ)
     print(f"index {version.path} ({version.manifest.doc_count} docs, {version.manifest.factory}); {len(queries)} queries", flush=True)
 
-    naive_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-naive", str(version.path), version.manifest.encoder.name]
+    naive_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-naive", str(version.path),
+                 version.manifest.encoder.name, "--naive-threads", str(args.naive_threads)]
     naive = _phase("naive", naive_cmd, env, queries, args)
     ours_cmd = [sys.executable, "-m", "retrieval_distill", "serve", "--index-root", str(root), "--corpus", args.dataset,
                 "--log-level", "warning"]
@@ -237,25 +272,33 @@ def main(argv: list[str] | None = None) -> dict:
     ours = _phase("ours", ours_cmd, env, queries, args)
 
     c = f"c{args.concurrency}"
+    if ours["top_docids_q0"] != naive["top_docids_q0"]:
+        print(f"warning: the servers disagree on query 0: {ours['top_docids_q0']} vs {naive['top_docids_q0']}")
     result = {
         "index": str(version.path), "docs": version.manifest.doc_count, "factory": version.manifest.factory,
         "queries": len(queries), "model": version.manifest.encoder.name, "cpus": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),
         "ours": ours, "naive": naive,
         "qps_ratio_c16": round(ours[c]["qps"] / naive[c]["qps"], 2),
+        "cpu_per_request_ratio_c16": round(naive[c]["server_cpu_ms_per_request"] / ours[c]["server_cpu_ms_per_request"], 2),
         "p50_ratio_c1": round(naive["c1"]["p50_ms"] / ours["c1"]["p50_ms"], 2),
         "goals": {
             "p50_c1_le_10ms": ours["c1"]["p50_ms"] <= 10, "p99_c1_le_25ms": ours["c1"]["p99_ms"] <= 25,
             "qps_c16_ge_3x": ours[c]["qps"] >= 3 * naive[c]["qps"],
         },
+        "settings": {
+            "naive_threads": args.naive_threads, "torch_threads": args.torch_threads, "seconds": args.seconds,
+        },
     }
     print()
-    print("| server | c=1 p50 ms | c=1 p99 ms | c=1 QPS | c=16 QPS | c=16 p50 ms | c=16 p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| server | c=1 p50 ms | c=1 p99 ms | c=1 QPS | c=16 QPS | c=16 p50 ms | c=16 p99 ms | CPU ms/req c=1 | CPU ms/req c=16 | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in (("naive (ST.encode + flat FAISS per request)", naive), ("ours (rd serve)", ours)):
         print(f"| {name} | {r['c1']['p50_ms']} | {r['c1']['p99_ms']} | {r['c1']['qps']} | {r[c]['qps']} | "
-              f"{r[c]['p50_ms']} | {r[c]['p99_ms']} | {r['c1']['errors'] + r[c]['errors']} |")
-    print(f"\nQPS ratio at c={args.concurrency}: {result['qps_ratio_c16']}x; p50 speed-up at c=1: {result['p50_ratio_c1']}x")
+              f"{r[c]['p50_ms']} | {r[c]['p99_ms']} | {r['c1']['server_cpu_ms_per_request']} | "
+              f"{r[c]['server_cpu_ms_per_request']} | {r['c1']['errors'] + r[c]['errors']} |")
+    print(f"\nQPS ratio at c={args.concurrency}: {result['qps_ratio_c16']}x; server CPU per request, naive/ours at "
+          f"c={args.concurrency}: {result['cpu_per_request_ratio_c16']}x; p50 speed-up at c=1: {result['p50_ratio_c1']}x")
     print(f"goals: {result['goals']}; load average at end {tuple(round(x, 2) for x in result['load_avg_at_end'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

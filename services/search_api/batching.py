@@ -9,10 +9,12 @@ plain asyncio app without a model server, so this small class is our own.
 Policy (both bounds are settings):
 
 * a batch holds at most ``max_size`` items;
-* the first item of a batch waits at most ``max_wait_ms`` for companions, and only while
-  ``pending_hint()`` says that more requests are on their way (requests in flight that
-  have not reached the queue yet), so a lone request at concurrency 1 never waits;
-* whatever queued up while the worker was busy is taken at once (natural batching).
+* whatever queued up while the worker was busy is taken at once (natural batching);
+* the first item of a batch then waits at most ``max_wait_ms`` for companions, and only
+  while more are expected: the batch is smaller than the number of requests in flight now
+  (``pending_hint()``) or than the peak concurrency of the last few batches (clients of a
+  busy service send their next query a moment after getting an answer). At concurrency 1
+  both are 1, so a lone request never waits.
 
 Work runs on one dedicated thread (``executor``), so the event loop keeps accepting and
 parsing requests while the encoder runs, and torch never sees two concurrent callers.
@@ -63,6 +65,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait = max_wait_ms / 1000.0
         self.pending_hint = pending_hint
         self.on_batch = on_batch
+        self._recent: list[int] = []  # in-flight counts seen at the last few batch starts
         self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
 
@@ -101,8 +104,11 @@ class MicroBatcher(Generic[T, R]):
         while len(batch) < self.max_size and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         if self.max_wait > 0 and len(batch) < self.max_size and self.pending_hint is not None:
+            now = self.pending_hint()
+            self._recent = (self._recent + [now])[-8:]
+            peak = max(self._recent)
             deadline = time.perf_counter() + self.max_wait
-            while len(batch) < self.max_size and self.pending_hint() > len(batch):
+            while len(batch) < self.max_size and max(self.pending_hint(), peak) > len(batch):
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

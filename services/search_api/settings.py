@@ -74,7 +74,8 @@ class ServiceSettings(BaseSettings):
         max_batch_queries: most queries in one ``POST /search/batch``.
         batch_max_size: micro-batching: most queries encoded in one forward pass.
         batch_max_wait_ms: micro-batching: longest a query waits for companions (milliseconds);
-            the batcher only waits while other search requests are in flight.
+            the batcher only waits while more are expected (requests in flight, or the recent
+            peak concurrency), so a lone client never waits.
         torch_threads / faiss_threads: intra-op threads of the encoder and of FAISS.
         admin_api_key: key for ``/admin/*`` (header ``X-API-Key``); admin routes are off when unset.
         rerank_teacher: teacher used by ``rerank=true``: inline JSON of a
@@ -100,7 +101,7 @@ class ServiceSettings(BaseSettings):
     max_batch_queries: int = Field(256, ge=1)
 
     batch_max_size: int = Field(32, ge=1)
-    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1_000.0)
+    batch_max_wait_ms: float = Field(5.0, ge=0.0, le=1_000.0)
     torch_threads: int = Field(default_factory=_default_threads, ge=1)
     faiss_threads: int = Field(1, ge=1)
 
