@@ -204,3 +204,32 @@ def export_cmd(
     qrels = load_collection(dataset, split=split).qrels if dataset else None
     n = export_hofstatter(scores, output, qrels=qrels, triples=triples, max_negatives=max_negatives)
     typer.echo(f"wrote {n} lines to {output}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    scores: Path = typer.Argument(..., help="score folder (rd teacher score)"),
+    dataset: str = typer.Option(..., help="dataset id with split, or BEIR folder (qrels)"),
+    split: str = typer.Option(None),
+    qids: Path = typer.Option(None, help="only these qids (first column), e.g. the dev split"),
+    qrels_file: str = typer.Option(None, help="another qrels file inside the dataset folder"),
+):
+    """nDCG@10 and MRR@10 of the teacher's reranking of its candidates, plus its pairs/s."""
+    from ranx import Qrels, Run, evaluate
+
+    from retrieval_distill.data.collections import load_beir_folder, load_collection
+    from retrieval_distill.teachers.scoring import load_manifest, scores_dict
+
+    if qrels_file:
+        coll = load_beir_folder(dataset, split=None, qrels_file=qrels_file)
+    else:
+        coll = load_collection(dataset, split=split)
+    sc = scores_dict(scores)
+    keep = _read_qids(qids)
+    judged = [q for q in sc if q in coll.qrels and any(g > 0 for g in coll.qrels[q].values()) and (not keep or q in keep)]
+    res = evaluate(Qrels({q: coll.qrels[q] for q in judged}), Run({q: sc[q] for q in judged}), ["ndcg@10", "mrr@10"])
+    m = load_manifest(scores)
+    lr = m.get("last_run") or {}
+    typer.echo(json.dumps({"scores": str(scores), "teacher": m["teacher_name"], "queries": len(judged), "skipped_unjudged": len(sc) - len(judged),
+                           "ndcg@10": round(res["ndcg@10"], 4), "mrr@10": round(res["mrr@10"], 4), "pairs": m["counts"]["pairs"],
+                           "pairs_per_s_last_run": lr.get("pairs_per_s_with_document_pass") or lr.get("pairs_per_s")}))  # fmt: skip
