@@ -73,6 +73,18 @@ def test_every_rd_command_exists_and_parses(compose):
     assert seen >= 2
 
 
+def test_ray_head_image_installs_ray(compose):
+    """The optional Ray head runs `ray start`: its image must be built with the extra that pins ray."""
+    import tomllib
+
+    head = compose["services"]["ray-head"]
+    assert _argv(head["command"])[:2] == ["ray", "start"]
+    extra = head["build"]["args"]["EXTRAS"].strip("[]")
+    deps = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert any(d.startswith("ray") for d in deps[extra]), deps.get(extra)
+    assert "ARG EXTRAS" in (PROJECT / head["build"]["dockerfile"]).read_text(encoding="utf-8")
+
+
 def test_every_repository_path_exists(compose):
     missing = []
     for name, svc in compose["services"].items():
