@@ -233,7 +233,9 @@ class CrossEncoderTeacher:
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
         if not self.fast:
             return self.score_fp32(queries, passages)
-        if self.speed_check is None and len(queries) >= 3:
+        if self.speed_check is None and len(queries) < 3:
+            return self.score_fp32(queries, passages)  # too few pairs to check the fast path on: stay exact
+        if self.speed_check is None:
             n = min(self.check_sample, len(queries))
             self.speed_check = check_against_fp32(
                 self._score_fast, self.score_fp32, list(queries[:n]), list(passages[:n]),
