@@ -444,7 +444,7 @@ def score_candidates(
         "teacher_fingerprint": teacher.fingerprint,
         "scale": teacher.scale,
         "max_length": getattr(teacher, "max_length", None),
-        "dtype": getattr(teacher, "dtype", "fp32"),
+        "dtype": teacher.option_name() if hasattr(teacher, "option_name") else getattr(teacher, "dtype", "fp32"),
         "candidates": str(Path(cands.source).resolve()) if Path(cands.source).is_file() else cands.source,
         "candidates_format": cands.fmt,
         "candidates_fingerprint": cand_fp,
