@@ -33,8 +33,11 @@ demo: venv mpnet
 full:
 	$(MAKE) demo PROFILE=full
 
+# the test suite, then the cheap rows of the reproducibility table (published DL19 runs,
+# BM25 on SciFact) against their published figures
 test: venv mpnet
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rd repro check --cheap
 
 clean-work:
 	rm -rf work
