@@ -16,10 +16,12 @@ def index_cmd(
     threads: int = typer.Option(2, help="indexing threads"),
 ):
     """Index a corpus with Lucene (title + text in one field, as Pyserini's BEIR flat)."""
-    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.data.collections import find_local, load_beir_folder, load_collection
     from retrieval_distill.search.bm25 import build_bm25_index
 
-    c = load_collection(dataset, split=None) if Path(dataset).is_dir() else load_collection(dataset)
+    # only the corpus is indexed: no qrels split is needed (the TREC-DL pool has none named "test")
+    local = Path(dataset) if Path(dataset).is_dir() else (find_local(dataset) or (None,))[0]
+    c = load_beir_folder(local, split=None) if local is not None else load_collection(dataset)
     build_bm25_index(c, index_dir, threads=threads)
     typer.echo(f"indexed {len(c.corpus)} docs into {index_dir}")
 
