@@ -11,11 +11,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval_distill.distill.train import TrainConfig
 from retrieval_distill.teachers.base import TeacherSpec
+from retrieval_distill.utils import read_yaml_mapping
 
 
 class _Strict(BaseModel):
@@ -96,10 +96,11 @@ def load_config(path: str | Path, profile: str | None = None) -> PipelineConfig:
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: not valid YAML, or not a mapping.
         KeyError: an unknown profile (message lists the known ones).
         pydantic.ValidationError: a wrong key or value.
     """
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw = read_yaml_mapping(path, "pipeline config")
     profiles = raw.pop("profiles", {}) or {}
     if profile:
         if profile not in profiles:

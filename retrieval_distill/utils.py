@@ -90,3 +90,28 @@ def set_threads(n: int | None = None) -> None:
         faiss.omp_set_num_threads(n)
     except ImportError:  # pragma: no cover
         pass
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
+    """Read a YAML file whose top level must be a mapping.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"index spec"``, ``"config file"``).
+
+    Raises:
+        FileNotFoundError: no such file (``<path>: no such <what>``).
+        ValueError: not valid YAML, or the top level is not a mapping (message names the file).
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such {what}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: a {what} must be a mapping at the top level")
+    return raw

@@ -107,17 +107,9 @@ def load_job(path: str | os.PathLike) -> StudentJob:
     Raises:
         FileNotFoundError: no such file. ValueError: invalid YAML or fields (pydantic's message).
     """
-    import yaml
+    from retrieval_distill.utils import read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such config file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "config file")
     return StudentJob.model_validate(data)
 
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrieval_distill.index.build import (
@@ -104,15 +103,10 @@ class IndexSpec(BaseModel):
             FileNotFoundError: no such file.
             ValueError: not YAML or invalid fields (message names the file).
         """
+        from retrieval_distill.utils import read_yaml_mapping
+
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such index spec")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: an index spec must be a mapping")
+        raw = read_yaml_mapping(path, "index spec")
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
