@@ -34,6 +34,10 @@ def serve(
     batch_max_wait_ms: Optional[float] = typer.Option(None, help="micro-batch: longest wait for companions, ms (default 5)"),
     torch_threads: Optional[int] = typer.Option(None, help="torch intra-op threads (default: half the cores)"),
     faiss_threads: Optional[int] = typer.Option(None, help="FAISS OpenMP threads (default 1)"),
+    query_backend: Optional[str] = typer.Option(None, help="query encoder: onnx (default; falls back to torch if its check fails) or torch"),
+    query_quantize: Optional[str] = typer.Option(None, help="onnx query encoder weights: none (fp32, default) or int8"),
+    onnx_threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per encode call (default 1)"),
+    encode_workers: Optional[int] = typer.Option(None, help="threads encoding + searching micro-batches in parallel (default 1)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the search API (POST /search, /search/batch; GET /healthz, /readyz, /metrics, /index)."""
@@ -48,6 +52,8 @@ def serve(
         "asym_query_model": query_model, "corpus": corpus, "rerank_teacher": rerank_teacher,
         "host": host, "port": port, "max_k": max_k, "batch_max_size": batch_max_size,
         "batch_max_wait_ms": batch_max_wait_ms, "torch_threads": torch_threads, "faiss_threads": faiss_threads,
+        "query_backend": query_backend, "query_quantize": query_quantize, "onnx_threads": onnx_threads,
+        "encode_workers": encode_workers,
     }
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})

@@ -122,8 +122,33 @@ def test_wrong_result_count_is_an_error():
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("kw", [{"max_size": 0}, {"max_wait_ms": -1}])
+@pytest.mark.parametrize("kw", [{"max_size": 0}, {"max_wait_ms": -1}, {"workers": 0}])
 def test_bad_bounds_are_refused(kw):
     with ThreadPoolExecutor(1) as pool:
         with pytest.raises(ValueError):
             MicroBatcher(lambda x: x, pool, **kw)
+
+
+def test_two_workers_run_two_batches_at_once_and_lose_nothing():
+    """workers=2: a second batch starts while the first still runs; every item gets its own result."""
+    active = [0, 0]  # now, peak
+    lock = threading.Lock()
+
+    def process(items: list[int]) -> list[int]:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return [v + 1000 for v in items]
+
+    async def main():
+        with ThreadPoolExecutor(2) as pool:
+            b = MicroBatcher(process, pool, max_size=3, max_wait_ms=0, workers=2)
+            out = await asyncio.gather(*(b.submit(i) for i in range(12)))
+            await b.stop()
+            return out
+
+    assert asyncio.run(main()) == [i + 1000 for i in range(12)]
+    assert active[1] == 2

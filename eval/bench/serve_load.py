@@ -10,7 +10,7 @@ and the same queries:
   concurrently; torch gets ``--naive-threads`` threads per call, 1 by default like ours,
   because torch's default of one thread per core collapses when the cores are shared).
 
-Measured (closed loop, httpx.AsyncClient): latency p50/p99 at concurrency 1, and QPS at
+Measured (closed loop, aiohttp client): latency p50/p99 at concurrency 1, and QPS at
 concurrency 16. Every phase is bounded by a request count and a time limit. The result is
 printed as a Markdown table and written as JSON (``--out``).
 
@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -137,18 +138,33 @@ def _pct(values: list[float], p: float) -> float:
 
 
 async def _load(base: str, queries: list[str], concurrency: int, max_requests: int, max_seconds: float, k: int) -> dict:
-    """Closed loop: ``concurrency`` clients, each sends its next query when the last returns."""
-    import httpx
+    """Closed loop: ``concurrency`` clients, each sends its next query when the last returns.
 
+    The client is aiohttp over keep-alive connections with pre-encoded bodies: it runs on the
+    same 2 cores as the servers, so it is kept light (about a third of httpx's CPU per request).
+    """
+    import aiohttp
+
+    bodies = [json.dumps({"query": q, "k": k}).encode() for q in queries]
+    headers = {"content-type": "application/json"}
     lat: list[float] = []
     errors = 0
     sent = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base, connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as client:
+
+        async def post(i: int) -> bool:
+            try:
+                async with client.post("/search", data=bodies[i % len(bodies)], headers=headers) as r:
+                    await r.read()
+                    return r.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):  # e.g. a keep-alive connection closed under our feet
+                return False
+
         # warm-up: every connection once, plus a few sequential queries
-        for q in queries[:5]:
-            await client.post("/search", json={"query": q, "k": k})
-        await asyncio.gather(*(client.post("/search", json={"query": queries[i % len(queries)], "k": k}) for i in range(concurrency)))
+        for i in range(5):
+            await post(i)
+        await asyncio.gather(*(post(i) for i in range(concurrency)))
         deadline = time.perf_counter() + max_seconds
 
         async def worker(w: int) -> None:
@@ -157,11 +173,7 @@ async def _load(base: str, queries: list[str], concurrency: int, max_requests: i
             while sent < max_requests and time.perf_counter() < deadline:
                 sent += 1
                 t = time.perf_counter()
-                try:
-                    r = await client.post("/search", json={"query": queries[i % len(queries)], "k": k})
-                    ok = r.status_code == 200
-                except httpx.TransportError:  # e.g. a keep-alive connection closed under our feet
-                    ok = False
+                ok = await post(i)
                 lat.append(time.perf_counter() - t)
                 if not ok:
                     errors += 1
@@ -210,9 +222,17 @@ def _phase(name: str, cmd: list[str], env: dict, queries: list[str], args) -> di
         top = httpx.post(f"{base}/search", json={"query": queries[0], "k": args.k}, timeout=300)
         top.raise_for_status()
         out = {"top_docids_q0": [h["docid"] for h in top.json()["hits"]]}
+        modes = httpx.get(f"{base}/readyz", timeout=30).json().get("modes", {})
+        if "symmetric" in modes:  # ours: what encodes the queries (onnx / onnx-int8 / torch, fallback reason)
+            out["query_backend"] = modes["symmetric"].get("query_backend")
         for c, n, secs in ((1, args.requests_c1, args.seconds), (args.concurrency, args.requests_c16, args.seconds)):
             cpu0 = _cpu_seconds(proc.pid)
+            me0 = time.process_time()
             out[f"c{c}"] = asyncio.run(_load(base, queries, c, n, secs, args.k))
+            # the load generator shares the cores: its CPU per request says how much it takes
+            out[f"c{c}"]["client_cpu_ms_per_request"] = round(
+                1000 * (time.process_time() - me0) / (out[f"c{c}"]["requests"] + 5 + c), 2
+            )
             # CPU time the server spent per answered request (warm-up requests included in the
             # count): robust to how much of the shared cores the scheduler gave the server
             warm = 5 + c
@@ -240,6 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--naive-threads", type=int, default=1,
                     help="naive: torch threads per encode call (default 1, like ours, so that neither server "
                          "oversubscribes the cores; 0 keeps torch's default, one per core)")
+    ap.add_argument("--ours-args", default="", help="extra `rd serve` options for ours, e.g. '--query-quantize int8'")
+    ap.add_argument("--only", choices=("both", "ours", "naive"), default="both",
+                    help="run one server only (tuning; the ratio needs both)")
     ap.add_argument("--out", type=Path, default=PROJECT / "work" / "bench" / "serve_load.json")
     ap.add_argument("--serve-naive", nargs=2, metavar=("VERSION_DIR", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -264,12 +287,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     naive_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-naive", str(version.path),
                  version.manifest.encoder.name, "--naive-threads", str(args.naive_threads)]
-    naive = _phase("naive", naive_cmd, env, queries, args)
+    naive = _phase("naive", naive_cmd, env, queries, args) if args.only != "ours" else None
     ours_cmd = [sys.executable, "-m", "retrieval_distill", "serve", "--index-root", str(root), "--corpus", args.dataset,
                 "--log-level", "warning"]
     if args.torch_threads:
         ours_cmd += ["--torch-threads", str(args.torch_threads)]
-    ours = _phase("ours", ours_cmd, env, queries, args)
+    ours_cmd += shlex.split(args.ours_args)
+    ours = _phase("ours", ours_cmd, env, queries, args) if args.only != "naive" else None
+    if ours is None or naive is None:
+        return {"ours": ours, "naive": naive, "ours_cmd": ours_cmd}
 
     c = f"c{args.concurrency}"
     if ours["top_docids_q0"] != naive["top_docids_q0"]:
@@ -288,7 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "settings": {
             "naive_threads": args.naive_threads, "torch_threads": args.torch_threads, "seconds": args.seconds,
+            "ours_args": args.ours_args, "requests_c1": args.requests_c1, "requests_c16": args.requests_c16,
         },
+        "command": "python eval/bench/serve_load.py " + shlex.join(sys.argv[1:] if argv is None else argv),
     }
     print()
     print("| server | c=1 p50 ms | c=1 p99 ms | c=1 QPS | c=16 QPS | c=16 p50 ms | c=16 p99 ms | CPU ms/req c=1 | CPU ms/req c=16 | errors |")

@@ -50,6 +50,39 @@ class Encoder:
         self.batch_size = batch_size
         self.normalize = normalize
         self.show_progress = show_progress
+        self.query_onnx = None  # an OnnxQueryEncoder once use_onnx_queries() succeeded
+
+    def use_onnx_queries(self, quantize: str = "none", threads: int = 1, min_cosine: float | None = None):
+        """Encode queries with ONNX Runtime from now on (documents stay on torch).
+
+        Exports the query model's whole forward (cached by weights fingerprint) and checks it
+        against torch; see :class:`retrieval_distill.models.onnx_encoder.OnnxQueryEncoder`.
+
+        Args:
+            quantize: ``"none"`` (fp32) or ``"int8"`` (dynamic int8 MatMul weights).
+            threads: ORT intra-op threads.
+            min_cosine: fidelity floor (default 0.9999 fp32, 0.98 int8).
+
+        Returns:
+            The :class:`OnnxQueryEncoder` now in use.
+
+        Raises:
+            OnnxFidelityError: the exported model drifts; the encoder stays on torch.
+        """
+        from retrieval_distill.models.onnx_encoder import OnnxQueryEncoder
+
+        self.query_onnx = OnnxQueryEncoder(
+            self.query_model, model_fingerprint(self.query_model_name), quantize=quantize, threads=threads,
+            normalize=self.normalize, min_cosine=min_cosine,
+        )
+        return self.query_onnx
+
+    @property
+    def query_backend(self) -> str:
+        """``torch``, ``onnx`` or ``onnx-int8``: what encodes queries."""
+        if self.query_onnx is None:
+            return "torch"
+        return "onnx" if self.query_onnx.quantize == "none" else f"onnx-{self.query_onnx.quantize}"
 
     @property
     def dim(self) -> int:
@@ -79,7 +112,9 @@ class Encoder:
         return np.ascontiguousarray(emb, dtype=np.float32)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        """Queries -> float32 array of shape (n, dim)."""
+        """Queries -> float32 array of shape (n, dim) (by ONNX Runtime after :meth:`use_onnx_queries`)."""
+        if self.query_onnx is not None and len(texts):
+            return self.query_onnx.encode(list(texts))
         return self._encode(self.query_model, texts, progress=len(texts) > 1000)
 
     def encode_documents(self, texts: list[str]) -> np.ndarray:

@@ -94,11 +94,19 @@ class ErrorResponse(BaseModel):
     reason: str | None = Field(None, description="one-line summary (validation errors)")
 
 
+class QueryBackend(BaseModel):
+    backend: str = Field(description="what encodes queries: `onnx` (fp32), `onnx-int8` or `torch`")
+    requested: str = Field(description="the configured backend (RD_QUERY_BACKEND, RD_QUERY_QUANTIZE)")
+    min_cosine: float | None = Field(None, description="ONNX: worst cosine to the torch vectors on the check sample")
+    fallback_reason: str | None = Field(None, description="why the requested ONNX backend is not used (torch serves instead)")
+
+
 class ModeStatus(BaseModel):
     configured: bool
     loaded: bool
     version: str | None = None
     error: str | None = None
+    query_backend: QueryBackend | None = None
 
 
 class ReadyResponse(BaseModel):
@@ -113,6 +121,7 @@ class IndexInfo(BaseModel):
     loaded_at: float | None
     manifest: dict[str, Any] | None
     error: str | None = None
+    query_backend: QueryBackend | None = None
 
 
 class IndexResponse(BaseModel):
@@ -176,9 +185,11 @@ class ServiceState:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.inflight = InFlight()
-        self.encoders = EncoderCache()
+        self.encoders = EncoderCache(
+            settings.query_backend, settings.query_quantize, settings.onnx_threads, settings.query_min_cosine
+        )
         self.modes = {m: ModeState(m, settings.index_root_for(m) is not None) for m in MODES}
-        self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="rd-encode")
+        self.encode_pool = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="rd-encode")
         self.rerank_pool = ThreadPoolExecutor(1, thread_name_prefix="rd-rerank")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="rd-load")
         self.reload_lock = asyncio.Lock()
@@ -195,6 +206,7 @@ class ServiceState:
                 max_wait_ms=settings.batch_max_wait_ms,
                 pending_hint=self.inflight,
                 on_batch=self._make_on_batch(st.mode),
+                workers=settings.encode_workers,
             )
 
     # -- batching ----------------------------------------------------------------------------
@@ -254,7 +266,10 @@ class ServiceState:
                 t0 = time.perf_counter()
                 rt = await loop.run_in_executor(self.load_pool, self.load_runtime, st.mode)
                 self.install(rt)
-                log.warning("mode %s: serving index version %s (loaded and warmed in %.1f s)", st.mode, rt.version_id, time.perf_counter() - t0)
+                log.warning(
+                    "mode %s: serving index version %s (loaded and warmed in %.1f s; queries by %s)",
+                    st.mode, rt.version_id, time.perf_counter() - t0, rt.query_backend.get("backend", "?"),
+                )
             except Exception as e:  # noqa: BLE001 - the service stays up, /readyz says why
                 st.error = f"{type(e).__name__}: {e}"
                 self.metrics.loaded.labels(st.mode).set(0)
@@ -515,6 +530,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             m: ModeStatus(
                 configured=st.configured, loaded=st.runtime is not None,
                 version=st.runtime.version_id if st.runtime else None, error=st.error,
+                query_backend=st.runtime.query_backend or None if st.runtime else None,
             )
             for m, st in state.modes.items()
         }
@@ -556,6 +572,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             out[m] = IndexInfo(
                 version=rt.version_id if rt else None, path=str(rt.path) if rt else None,
                 loaded_at=rt.loaded_at if rt else None, manifest=rt.manifest if rt else None, error=st.error,
+                query_backend=rt.query_backend or None if rt else None,
             )
         return IndexResponse(modes=out)
 

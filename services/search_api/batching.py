@@ -16,8 +16,11 @@ Policy (both bounds are settings):
   busy service send their next query a moment after getting an answer). At concurrency 1
   both are 1, so a lone request never waits.
 
-Work runs on one dedicated thread (``executor``), so the event loop keeps accepting and
-parsing requests while the encoder runs, and torch never sees two concurrent callers.
+Work runs on dedicated threads (``executor``), so the event loop keeps accepting and
+parsing requests while the encoder runs. With ``workers=1`` (default) one batch runs at a
+time; with ``workers=n`` up to n batches run at once (the executor needs n threads), and the
+next batch is only collected once a worker is free, so it still holds everything that
+queued meanwhile.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class MicroBatcher(Generic[T, R]):
             (e.g. search requests in flight); waiting stops as soon as the batch holds
             that many items.
         on_batch: optional callback ``(batch_size, seconds)`` for metrics.
+        workers: most batches processed at the same time (>= 1).
     """
 
     def __init__(
@@ -54,7 +58,10 @@ class MicroBatcher(Generic[T, R]):
         max_wait_ms: float = 2.0,
         pending_hint: Callable[[], int] | None = None,
         on_batch: Callable[[int, float], Any] | None = None,
+        workers: int = 1,
     ):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         if max_wait_ms < 0:
@@ -65,6 +72,8 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait = max_wait_ms / 1000.0
         self.pending_hint = pending_hint
         self.on_batch = on_batch
+        self.workers = workers
+        self._running: set[asyncio.Task] = set()
         self._recent: list[int] = []  # in-flight counts seen at the last few batch starts
         self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
@@ -76,7 +85,14 @@ class MicroBatcher(Generic[T, R]):
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stop collecting; items still queued fail with ``RuntimeError``."""
+        """Stop collecting; items still queued or in a running batch fail with ``RuntimeError``."""
+        for t in list(self._running):
+            t.cancel()
+        for t in list(self._running):
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
         if self._task is not None:
             self._task.cancel()
             try:
@@ -121,29 +137,50 @@ class MicroBatcher(Generic[T, R]):
         return batch
 
     async def _run(self) -> None:
+        sem = asyncio.Semaphore(self.workers)
+        try:
+            while True:
+                await sem.acquire()  # collect only when a worker is free: the batch takes all that queued
+                try:
+                    batch = await self._collect()
+                except BaseException:
+                    sem.release()
+                    raise
+                live = [(it, fut) for it, fut in batch if not fut.cancelled()]
+                if not live:
+                    sem.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._dispatch(live))
+                self._running.add(task)
+
+                def done(t: asyncio.Task) -> None:
+                    self._running.discard(t)
+                    sem.release()
+
+                task.add_done_callback(done)
+        finally:
+            for t in list(self._running):
+                t.cancel()
+
+    async def _dispatch(self, live: list[tuple[T, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            live = [(it, fut) for it, fut in batch if not fut.cancelled()]
-            if not live:
-                continue
-            t0 = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self.executor, self.process, [it for it, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
-            except asyncio.CancelledError:  # stop() while a batch runs: nobody is left waiting forever
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("service shutting down"))
-                raise
-            except Exception as e:  # noqa: BLE001 - forwarded to every waiter of the batch
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(live), time.perf_counter() - t0)
-            for (_, fut), res in zip(live, results):
+        t0 = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self.executor, self.process, [it for it, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
+        except asyncio.CancelledError:  # stop() while a batch runs: nobody is left waiting forever
+            for _, fut in live:
                 if not fut.done():
-                    fut.set_result(res)
+                    fut.set_exception(RuntimeError("service shutting down"))
+            raise
+        except Exception as e:  # noqa: BLE001 - forwarded to every waiter of the batch
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(live), time.perf_counter() - t0)
+        for (_, fut), res in zip(live, results):
+            if not fut.done():
+                fut.set_result(res)

@@ -8,6 +8,7 @@ in flight is dropped and every answer names the version that produced it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from retrieval_distill.search.base import Hit
+
+log = logging.getLogger("rd.search_api")
 
 
 class ModeNotReady(RuntimeError):
@@ -32,6 +35,9 @@ class Runtime:
         manifest: the version's manifest as a JSON-ready dict.
         searcher: a :class:`retrieval_distill.search.dense.DenseSearcher` (or asymmetric one).
         encoder: the query encoder (``encode_queries(list[str]) -> float32 (n, d)``).
+        query_backend: what encodes queries: ``{"backend": "onnx"|"onnx-int8"|"torch",
+            "requested": ..., "min_cosine": worst cosine to torch on the check sample or None,
+            "fallback_reason": why the requested ONNX backend is not used, or None}``.
         loaded_at: Unix time the runtime finished loading and warming.
     """
 
@@ -42,6 +48,7 @@ class Runtime:
     searcher: Any
     encoder: Any
     encoder_key: tuple = ()
+    query_backend: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     def search_texts(self, queries: list[str], k: int) -> list[list[Hit]]:
@@ -61,11 +68,33 @@ class EncoderCache:
     """Query encoders by (document model, query model), reused across index versions.
 
     A reload to a version encoded by the same model then costs only the FAISS load.
+
+    Args:
+        query_backend: ``onnx`` puts each new encoder's query side on ONNX Runtime
+            (:meth:`Encoder.use_onnx_queries`); if the export or its fidelity check fails the
+            encoder stays on torch and :meth:`backend_info` says why. ``torch``: plain
+            ``SentenceTransformer.encode``.
+        query_quantize: ``none`` or ``int8`` (ONNX only).
+        onnx_threads: ORT intra-op threads.
+        min_cosine: fidelity floor of the ONNX encoder (``None``: its default for ``query_quantize``).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, query_backend: str = "torch", query_quantize: str = "none", onnx_threads: int = 1,
+        min_cosine: float | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._encoders: dict[tuple, Any] = {}
+        self._info: dict[tuple, dict[str, Any]] = {}
+        self.query_backend = query_backend
+        self.query_quantize = query_quantize
+        self.onnx_threads = onnx_threads
+        self.min_cosine = min_cosine
+
+    def _requested(self) -> str:
+        if self.query_backend != "onnx":
+            return "torch"
+        return "onnx" if self.query_quantize == "none" else f"onnx-{self.query_quantize}"
 
     def get(self, model: str, query_model: str | None = None, normalize: bool = True) -> Any:
         from retrieval_distill.models.encoder import Encoder
@@ -75,8 +104,26 @@ class EncoderCache:
             enc = self._encoders.get(key)
             if enc is None:
                 enc = Encoder(model, query_model=query_model, normalize=normalize, show_progress=False)
+                info: dict[str, Any] = {"requested": self._requested(), "min_cosine": None, "fallback_reason": None}
+                if self.query_backend == "onnx":
+                    try:
+                        onnx = enc.use_onnx_queries(
+                            quantize=self.query_quantize, threads=self.onnx_threads, min_cosine=self.min_cosine
+                        )
+                        info["min_cosine"] = round(float(onnx.min_cosine_seen), 5)
+                    except Exception as e:  # noqa: BLE001 - fidelity failure or export error: serve with torch
+                        info["fallback_reason"] = f"{type(e).__name__}: {e}"
+                        log.error("query encoder %s: ONNX backend not used, falling back to torch: %s", key[1] or key[0], e)
+                info["backend"] = enc.query_backend
                 self._encoders[key] = enc
+                self._info[key] = info
             return enc
+
+    def backend_info(self, model: str, query_model: str | None = None, normalize: bool = True) -> dict[str, Any]:
+        """How the encoder of this key encodes queries (see :attr:`Runtime.query_backend`)."""
+        key = (str(model), str(query_model) if query_model else None, bool(normalize))
+        with self._lock:
+            return dict(self._info.get(key, {}))
 
     def retain(self, keys: set[tuple]) -> None:
         """Drop encoders not in ``keys`` (called after a swap so old models can be freed)."""
@@ -84,6 +131,7 @@ class EncoderCache:
             for k in list(self._encoders):
                 if k not in keys:
                     del self._encoders[k]
+                    self._info.pop(k, None)
 
 
 def current_version_id(root: str | Path) -> str | None:
@@ -146,4 +194,5 @@ def load_runtime(mode: str, settings: Any, encoders: EncoderCache) -> Runtime:
         searcher=searcher,
         encoder=encoder,
         encoder_key=key,
+        query_backend=encoders.backend_info(*key),
     )
