@@ -83,6 +83,34 @@ def test_bi_encoder_preloaded_document_embeddings(adi, bi, pairs):
     bi.clear_cache()
 
 
+def test_bi_encoder_reads_an_encoding_folder(adi, bi, pairs, tmp_path):
+    """options.embeddings: the index build's encoding folder is the document pass; the scoring
+    job then encodes no document, scores and fingerprint are those of the plain teacher."""
+    from retrieval_distill.index.build import encode_corpus
+    from retrieval_distill.models.encoder import Encoder
+    from retrieval_distill.teachers.scoring import prepare_document_state
+
+    qids, qs, ds, ps = pairs
+    bi.clear_cache()
+    encode_corpus(Encoder("all-MiniLM-L6-v2", show_progress=False), adi, tmp_path / "enc", shard_size=32, show_progress=False)
+    pre = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2",
+                         "options": {"batch_size": 16, "embeddings": str(tmp_path / "enc")}})
+    assert pre.preloaded_docids() == set(adi.docids) and pre.fingerprint == bi.fingerprint
+    calls = []
+    pre.encode_document_state = lambda texts: calls.append(len(texts)) or bi.encode_document_state(texts)
+    prepare_document_state(pre, ds, adi.doc_text, tmp_path / "docstate", progress=False)
+    assert calls == []  # nothing left to encode
+    np.testing.assert_allclose(pre.score_ids(qids, qs, ds, ps), bi.score(qs, ps), atol=1e-5)
+    # another model's folder, another token limit, an unfinished folder: refused, naming the folder
+    with pytest.raises(ValueError, match="not by this teacher"):
+        build_teacher({"kind": "bi_encoder", "model": "all-mpnet-base-v2", "options": {"embeddings": str(tmp_path / "enc")}})
+    with pytest.raises(ValueError, match="max_seq_length 256"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2",
+                       "options": {"max_length": 128, "embeddings": str(tmp_path / "enc")}})
+    with pytest.raises(FileNotFoundError, match="encoding.json"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"embeddings": str(tmp_path)}})
+
+
 def test_bm25_teacher_matches_lucene_search(adi, adi_bm25_run):
     index, run_path = adi_bm25_run
     run = read_run(run_path)

@@ -14,6 +14,10 @@ Spec options:
     batch_size (int, 32): texts per forward pass.
     max_length (int | None): token limit (``None`` keeps the model's own).
     cache_documents (bool, True): keep document embeddings by docid across calls.
+    embeddings (str | None): an encoding folder of this model over the corpus (written by
+        ``rd index build`` / the pipeline's ``encode_corpus``: ``OUT/encodings/<key>``);
+        its document vectors are preloaded, so no document is encoded again. Refused when
+        the folder's encoder fingerprint is not this model's.
     dtype ("fp32" | "bf16"): bf16 runs the forward pass under ``torch.autocast``; it is
         checked against fp32 on a sample first (see :mod:`retrieval_distill.teachers.speed`).
         On the 2 shared CPU cores here bf16 measured slower than fp32 for MiniLM, so fp32
@@ -66,13 +70,17 @@ class BiEncoderTeacher:
         self._doc_cache: dict[str, np.ndarray] = {}
         self._query_cache: dict[str, np.ndarray] = {}
         self._fp: str | None = None
+        if opts.get("embeddings"):
+            self.load_document_embeddings(opts["embeddings"])
 
     # -- identity -----------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
         """Spec plus model weights fingerprint (16 hex chars)."""
         if self._fp is None:
-            self._fp = spec_fingerprint(self.spec, self.encoder.fingerprint())
+            # a preloaded encoding folder changes where vectors come from, not the scores
+            opts = {k: v for k, v in self.spec.options.items() if k != "embeddings"}
+            self._fp = spec_fingerprint(self.spec.model_copy(update={"options": opts}), self.encoder.fingerprint())
         return self._fp
 
     @property
@@ -125,7 +133,41 @@ class BiEncoderTeacher:
         for d, e in zip(docids, emb):
             self._doc_cache[str(d)] = e
 
+    def load_document_embeddings(self, folder) -> int:
+        """Preload an encoding folder of this model (see the ``embeddings`` option).
+
+        Returns:
+            the number of documents loaded.
+
+        Raises:
+            FileNotFoundError / ValueError: see :func:`retrieval_distill.index.build.load_encoding`;
+            ValueError also when the folder was encoded by other weights or another token limit.
+        """
+        from retrieval_distill.index.build import load_encoding
+        from retrieval_distill.models.resolve import model_fingerprint
+
+        docids, emb, key = load_encoding(folder)
+        fp = model_fingerprint(self.model_name)
+        if key.get("encoder_fingerprint") != fp:
+            raise ValueError(
+                f"{folder}: encoded by {key.get('encoder')!r} (weights {key.get('encoder_fingerprint')}), "
+                f"not by this teacher's {self.model_name!r} (weights {fp})"
+            )
+        if key.get("max_seq_length") and int(key["max_seq_length"]) != self.max_length:
+            raise ValueError(
+                f"{folder}: encoded with max_seq_length {key['max_seq_length']}, this teacher uses {self.max_length} "
+                f"(set options.max_length to {key['max_seq_length']})"
+            )
+        self.set_document_embeddings(docids, emb)
+        self._preloaded = set(docids)
+        return len(docids)
+
+    def preloaded_docids(self) -> set[str]:
+        """Docids whose vectors came from an encoding folder (the scoring job skips them)."""
+        return set(getattr(self, "_preloaded", ()))
+
     def clear_cache(self) -> None:
+        self._preloaded = set()
         self._doc_cache.clear()
         self._query_cache.clear()
 

@@ -315,7 +315,11 @@ def prepare_document_state(
         the chunks as ``[(path, docids), ...]`` (for :func:`load_document_state`)."""
     from tqdm.auto import tqdm
 
-    docids = sorted(set(docids))
+    preloaded = getattr(teacher, "preloaded_docids", None)
+    preloaded = preloaded() if callable(preloaded) else set()
+    docids = sorted(set(docids) - preloaded)  # e.g. a bi-encoder given an encoding folder
+    if preloaded:
+        log.info("document pass: %d documents preloaded by the teacher, %d to encode", len(preloaded), len(docids))
     folder.mkdir(parents=True, exist_ok=True)
     for stray in folder.glob(".*.tmp"):
         stray.unlink(missing_ok=True)
