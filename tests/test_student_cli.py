@@ -159,3 +159,41 @@ def test_check_mode_and_bad_training_sets(scored, tmp_path):
     r = _rd("student", "train", bad)
     assert r.exit_code == 2 and "candidates" in r.output
     assert not (tmp_path / "student").exists()
+
+
+def test_dev_ndcg_evaluated_each_epoch(scored, tmp_path):
+    """dev.each_epoch: sentence-transformers' IR evaluator runs on the init and after each of 2
+    epochs; the card's figures equal a fresh evaluation of the saved model on the same dev set."""
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_distill.distill.cli import DevSpec, dev_evaluator
+
+    dev = {"collection": str(ADI), "split": "test", "each_epoch": True, "metrics": ["ndcg@10"]}
+    cfg = _config(
+        scored,
+        tmp_path,
+        max_examples=8,
+        dev=dev,
+        train={"losses": [{"name": "margin_mse", "options": {"teacher_scale": 0.05}}], "epochs": 2, "batch_size": 4,
+               "max_seq_length": 64, "save_steps": 1000},
+    )
+    r = _rd("student", "train", cfg)
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "student" / "training_card.json").read_text())
+    per = card["dev_per_epoch"]
+    key = card["dev_primary_metric"]
+    assert key == "dev_cosine_ndcg@10"
+    assert [e["epoch"] for e in per] == [0.0, 1.0, 2.0] and [e["step"] for e in per] == [0, 2, 4]
+    assert all(0.0 < e[key] <= 1.0 for e in per)
+    # the init figure is all-MiniLM-L6-v2's own on ADI, the last one the saved student's
+    ev = dev_evaluator(DevSpec(**dev))
+    from retrieval_distill.models import load_sentence_transformer
+
+    init_model = load_sentence_transformer("all-MiniLM-L6-v2")
+    init_model.max_seq_length = 64  # the training config's
+    init = ev(init_model)
+    assert init[key] == pytest.approx(per[0][key], abs=1e-6)
+    final = ev(SentenceTransformer(str(tmp_path / "student"), device="cpu"))
+    assert final[key] == pytest.approx(per[-1][key], abs=1e-4)
+    # final dev metrics (ranx, exhaustive FAISS search) agree with the evaluator's last epoch
+    assert card["dev_metrics"]["overall"]["ndcg@10"] == pytest.approx(per[-1][key], abs=2e-3)

@@ -82,6 +82,7 @@ def train_student(
     output_dir: str | os.PathLike,
     card: dict[str, Any] | None = None,
     show_progress: bool = True,
+    evaluator=None,
 ) -> Path:
     """Train a student and save it to ``output_dir`` (a sentence-transformers folder).
 
@@ -91,6 +92,10 @@ def train_student(
         output_dir: final model folder; checkpoints go to ``<output_dir>.ckpt`` and a killed
             run resumes from the last one.
         card: extra facts for the training card (teacher, data, dev metrics ...).
+        evaluator: optional sentence-transformers evaluator (e.g. the
+            ``InformationRetrievalEvaluator`` of :func:`retrieval_distill.distill.cli.dev_evaluator`)
+            run on the initial model and after every epoch; its primary metric per epoch goes
+            into the training card (``dev_per_epoch``) and the loss-curve PNG.
 
     Returns:
         the model folder.
@@ -126,12 +131,24 @@ def train_student(
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         learning_rate_mapping=dict(getattr(loss, "learning_rate_mapping", None) or {}),  # e.g. LEAF projection
+        **({"eval_strategy": "epoch"} if evaluator is not None else {}),
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss, evaluator=evaluator)
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
+    per_epoch: list[dict] = []
+    if evaluator is not None and not resume:
+        init_metrics = evaluator(model)  # prefixes evaluator.primary_metric with the evaluator's name
+        per_epoch.append({"epoch": 0.0, "step": 0, evaluator.primary_metric: float(init_metrics[evaluator.primary_metric])})
     t0 = time.time()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - t0
+    if evaluator is not None:
+        key = "eval_" + evaluator.primary_metric
+        per_epoch += [
+            {"epoch": round(float(h["epoch"]), 3), "step": h["step"], evaluator.primary_metric: float(h[key])}
+            for h in trainer.state.log_history
+            if key in h
+        ]
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(str(tmp))
@@ -147,10 +164,11 @@ def train_student(
         "resumed": bool(resume),
         "seed": cfg.seed,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
+        **({"dev_per_epoch": per_epoch, "dev_primary_metric": evaluator.primary_metric} if evaluator is not None else {}),
         **(card or {}),
     }
     write_json_atomic(tmp / "training_card.json", info)
-    _plot_loss(history, tmp / "loss_curve.png")
+    _plot_loss(history, tmp / "loss_curve.png", per_epoch, evaluator.primary_metric if evaluator is not None else None)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)
@@ -162,7 +180,7 @@ def _terms(loss) -> list:
     return [t for t, _ in loss.terms] if hasattr(loss, "terms") else [loss]
 
 
-def _plot_loss(history: list[dict], path: Path) -> None:
+def _plot_loss(history: list[dict], path: Path, per_epoch: list[dict] | None = None, metric: str | None = None) -> None:
     if not history:
         return
     import matplotlib
@@ -174,7 +192,11 @@ def _plot_loss(history: list[dict], path: Path) -> None:
     ax.plot([h["step"] for h in history], [h["loss"] for h in history])
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title("student training loss")
+    ax.set_title("student training loss" + (f" and dev {metric}" if per_epoch else ""))
+    if per_epoch:
+        ax2 = ax.twinx()
+        ax2.plot([e["step"] for e in per_epoch], [e[metric] for e in per_epoch], "o-", color="tab:orange")
+        ax2.set_ylabel(f"dev {metric}", color="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

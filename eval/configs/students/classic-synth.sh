@@ -1,0 +1,56 @@
+#!/bin/bash
+# A classic corpus with NO judged training queries: synthetic queries -> BM25 + MiniLM candidates ->
+# BM25+MiniLM z-score ensemble teacher -> margin-MSE + InfoNCE student -> evaluated on the corpus's
+# REAL queries (never seen in training) against the student init.     eval/reports/students.md
+#   bash eval/configs/students/classic-synth.sh cranfield 300
+set -euo pipefail
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+C=${1:-cranfield}; MAXDOCS=${2:-300}
+D=../shared/data/classic/$C
+W=work/students/$C-synth
+mkdir -p $W
+[ -f $W/synth/queries.jsonl ] || rd queries synth classic/$C $W/synth --max-docs $MAXDOCS --seed 13
+[ -d $W/bm25 ] || rd bm25 index $D $W/bm25
+[ -f $W/init-index/CURRENT ] || rd index build --model all-MiniLM-L6-v2 --dataset $D --split test --out $W/init-index
+# candidates of the synthetic queries: BM25 top-20 and MiniLM top-20, plus the source document
+if [ ! -f $W/cands.trec ]; then
+  rd eval run $W/synth $W/bm25.synth.trec --split train --searcher bm25 --index $W/bm25 --k 20
+  rd eval run $W/synth $W/init.synth.trec --split train --searcher dense --index $W/init-index --k 20
+  { awk '{print $1, $3}' $W/bm25.synth.trec $W/init.synth.trec; awk 'NR>1{print $1, $2}' $W/synth/qrels/train.tsv; } \
+    | sort -u | awk '{print $1, "Q0", $2, NR, 0, "cands"}' > $W/cands.trec
+fi
+cat > $W/teacher.json <<JSON
+{"kind": "ensemble", "name": "ens", "normalization": "zscore", "weights": [0.5, 0.5],
+ "members": [{"kind": "bm25", "name": "bm25", "options": {"index": "$W/bm25"}},
+             {"kind": "bi_encoder", "name": "minilm", "model": "all-MiniLM-L6-v2",
+              "options": {"embeddings": "$(ls -d $W/init-index/encodings/* | head -1)"}}]}
+JSON
+[ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
+cat > $W/student.yaml <<YAML
+collection: $W/synth
+split: train
+candidates: $W/cands.trec
+scores: $W/scores
+teacher: ens
+output: $W/student
+train:
+  init: all-MiniLM-L6-v2
+  losses: [{name: margin_mse, options: {teacher_scale: 0.1}}, {name: infonce, weight: 0.1}]
+  n_negatives: 3
+  negative_depth: 20
+  epochs: 1
+  batch_size: 16
+  lr: 2.0e-5
+  max_seq_length: 256
+  seed: 13
+YAML
+[ -f $W/student/model.safetensors ] || rd student train $W/student.yaml
+[ -f $W/student-index/CURRENT ] || rd index build --model $W/student --dataset $D --split test --out $W/student-index
+for R in init student; do
+  [ -f $W/$R.test.trec ] || rd eval run $D $W/$R.test.trec --split test --searcher dense --index $W/$R-index --k 100 --tag $R
+done
+rd eval run $D $W/bm25.test.trec --split test --searcher bm25 --index $W/bm25 --k 100 --tag bm25
+rd eval compare --qrels $D --split test --baseline init init=$W/init.test.trec bm25=$W/bm25.test.trec student=$W/student.test.trec \
+  --metrics ndcg@10,mrr@10,recall@100 --out-md $W/report.md --out-json $W/report.json
+cat $W/report.md
