@@ -79,3 +79,16 @@ def test_qrels_trec_format_crlf_and_header(tmp_path):
 def test_missing_split_lists_available():
     with pytest.raises(FileNotFoundError, match="splits here: test"):
         load_collection(ADI, split="train")
+
+
+def test_cranfield_empty_documents_are_kept_and_reported(caplog):
+    """Cranfield's documents 471 and 995 have neither title nor text (as in the original
+    collection): they stay in the corpus (qrels may name them) and one warning names them."""
+    from conftest import ADI
+
+    cran = ADI.parent / "cranfield"
+    with caplog.at_level("WARNING", logger="retrieval_distill.data.collections"):
+        coll = load_collection(cran, split="test")
+    assert len(coll.corpus) == 1400 and coll.doc_text("471") == "" and coll.doc_text("995") == ""
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 document(s) with empty title and text" in msg and "corpus.jsonl:471 ('471')" in msg

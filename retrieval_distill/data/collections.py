@@ -14,12 +14,15 @@ Malformed input raises :class:`DataFormatError` naming the file and the 1-based 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+log = logging.getLogger(__name__)
 
 
 class DataFormatError(ValueError):
@@ -96,10 +99,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 def load_corpus(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     """Read a BEIR ``corpus.jsonl``: ``{"_id", "title", "text"}`` per line.
 
+    A document with neither title nor text is kept (qrels and runs may name it; Cranfield
+    has two, 471 and 995) and reported in one warning with its ``file:line``.
+
     Raises:
-        DataFormatError: missing ``_id``, duplicate docid, or a document with neither title nor text.
+        DataFormatError: missing ``_id``, duplicate docid, or no document at all.
     """
     corpus: dict[str, dict[str, str]] = {}
+    empty: list[str] = []
     for lineno, obj in read_jsonl(path):
         if "_id" not in obj:
             raise DataFormatError(f"{path}:{lineno}: missing '_id'")
@@ -108,10 +115,12 @@ def load_corpus(path: str | os.PathLike) -> dict[str, dict[str, str]]:
             raise DataFormatError(f"{path}:{lineno}: duplicate docid {docid!r}")
         title, text = str(obj.get("title") or ""), str(obj.get("text") or "")
         if not (title.strip() or text.strip()):
-            raise DataFormatError(f"{path}:{lineno}: document {docid!r} has empty title and text")
+            empty.append(f"{path}:{lineno} ({docid!r})")
         corpus[docid] = {"title": title, "text": text}
     if not corpus:
         raise DataFormatError(f"{path}: empty corpus")
+    if empty:
+        log.warning("%d document(s) with empty title and text, kept as empty passages: %s", len(empty), ", ".join(empty[:5]))
     return corpus
 
 
