@@ -123,7 +123,10 @@ def test_bm25_teacher_matches_lucene_search(adi, adi_bm25_run):
     with pytest.raises(TypeError, match="score_ids"):
         t.score(["a"], ["b"])
     with pytest.raises(KeyError, match="not in the BM25 index"):
-        t.score_ids([q], [adi.queries[q]], ["no-such-doc"], [""])
+        t.score_ids([q], [adi.queries[q]], ["no-such-doc"], ["some text Lucene would have indexed"])
+    # an empty passage is not indexed by Lucene (Cranfield 471, 995): BM25 0.0, counted, not an error
+    s = t.score_ids([q, q], [adi.queries[q]] * 2, ["empty-doc", docs[0]], ["  ", adi.doc_text(docs[0])])
+    assert s[0] == 0.0 and s[1] == pytest.approx(run[q][docs[0]], rel=1e-4) and t.empty_unindexed == 1
 
 
 def test_bm25_teacher_bad_spec(tmp_path):

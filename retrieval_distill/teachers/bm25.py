@@ -13,12 +13,15 @@ Spec options: ``index`` (Lucene index folder, required), ``k1`` (0.9), ``b`` (0.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
 from retrieval_distill.utils import fingerprint_files
+
+log = logging.getLogger(__name__)
 
 
 @register_teacher("bm25")
@@ -47,6 +50,7 @@ class BM25Teacher:
         self.searcher = BM25Searcher(self.index_dir, k1=self.k1, b=self.b)
         self._fp: str | None = None
         self._known: set[str] = set()
+        self._empty: set[str] = set()
 
     @property
     def fingerprint(self) -> str:
@@ -73,10 +77,12 @@ class BM25Teacher:
         """BM25 of each (query, docid) pair; ``passages`` is unused (the index holds the text).
 
         Returns:
-            float32 (n,); 0.0 where no query term occurs in the document.
+            float32 (n,); 0.0 where no query term occurs in the document, and for an empty
+            passage that Lucene did not index (Cranfield 471, 995: BM25 of an empty
+            document is 0 by definition; counted in ``empty_unindexed``).
 
         Raises:
-            KeyError: a docid is not in the index.
+            KeyError: a docid with a non-empty passage is not in the index.
         """
         if not (len(qids) == len(queries) == len(docids)):
             raise ValueError("qids, queries and docids must have the same length")
@@ -84,12 +90,25 @@ class BM25Teacher:
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (q, t) in enumerate(zip(qids, queries)):
             groups.setdefault((q, t), []).append(i)
+        text_of = dict(zip(docids, passages)) if passages is not None and len(passages) == len(docids) else {}
         for d in dict.fromkeys(docids):
-            if d not in self._known:
-                # Lucene scores an unknown docid 0.0 without complaint: refuse instead
+            if d not in self._known and d not in self._empty:
+                # Lucene scores an unknown docid 0.0 without complaint: refuse instead,
+                # unless the passage is empty (Lucene does not index empty documents)
                 if self.searcher.searcher.doc(d) is None:
+                    if d in text_of and not str(text_of[d]).strip():
+                        self._empty.add(d)
+                        log.warning("docid %r: empty passage, not in the BM25 index %s: scored 0.0", d, self.index_dir)
+                        continue
                     raise KeyError(f"docid {d!r} is not in the BM25 index {self.index_dir}")
                 self._known.add(d)
         for (_, text), idx in groups.items():
-            out[idx] = self.searcher.score_pairs(text, [docids[i] for i in idx])
+            keep = [i for i in idx if docids[i] not in self._empty]
+            if keep:
+                out[keep] = self.searcher.score_pairs(text, [docids[i] for i in keep])
         return out
+
+    @property
+    def empty_unindexed(self) -> int:
+        """How many distinct empty, unindexed documents were scored 0.0 so far."""
+        return len(self._empty)
