@@ -3,21 +3,23 @@
 Both servers run on 127.0.0.1 (loopback only), one after the other, over the same index
 and the same queries:
 
-* ``ours``: ``rd serve`` (micro-batched encoder on one worker thread, torch/FAISS threads
-  set, pure-ASGI middleware);
+* ``ours``: ``rd serve`` (micro-batched ONNX Runtime query encoder on ``encode_workers``
+  threads, torch/FAISS threads set, pure-ASGI middleware; ``--ours-args`` passes options such
+  as ``--query-quantize int8``). It has no result cache, so cycling the queries measures real work;
 * ``naive``: a plain FastAPI ``def`` handler calling ``SentenceTransformer.encode([query])``
   and a flat FAISS inner-product search per request (FastAPI's thread pool runs requests
   concurrently; torch gets ``--naive-threads`` threads per call, 1 by default like ours,
   because torch's default of one thread per core collapses when the cores are shared).
 
 Measured (closed loop, aiohttp client): latency p50/p99 at concurrency 1, and QPS at
-concurrency 16. Every phase is bounded by a request count and a time limit. The result is
+concurrency 16, plus server and client CPU per request. Every phase is bounded by a request count and a time limit. The result is
 printed as a Markdown table and written as JSON (``--out``).
 
 Usage::
 
     python eval/bench/serve_load.py                      # ADI, index built on the fly (MiniLM)
-    python eval/bench/serve_load.py --index-root work/indexes/scifact --dataset beir/scifact/test
+    python eval/bench/serve_load.py --index-root work/scifact-quick/index/flat --dataset beir/scifact/test \
+        --ours-args '--query-quantize int8' --out eval/reports/bench/serve_scifact.json
 
 Goals (issue 6): ours p50 <= 10 ms and p99 <= 25 ms at c=1; ours >= 3x the naive QPS at c=16.
 """

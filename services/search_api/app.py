@@ -19,9 +19,11 @@ unknown mode 422; mode not configured 400; rerank not configured 400; no index l
 body over the limit 413; undecodable body 400/422. Handlers never answer 500 for bad input.
 
 Concurrency: queries of concurrent ``/search`` requests are micro-batched per mode
-(:mod:`services.search_api.batching`) and encoded + searched on one worker thread; torch
-and FAISS intra-op threads come from settings (default: half the cores for torch, 1 for
-FAISS), so the worker, the event loop and the loader do not oversubscribe 2 cores.
+(:mod:`services.search_api.batching`) and encoded + searched on ``encode_workers`` threads
+(default one per core, at most 4), each running one batch at a time. Queries are encoded by
+ONNX Runtime (``query_backend=onnx``, 1 intra-op thread by default; fp32 or int8) or by torch;
+torch and FAISS intra-op threads come from settings (default: half the cores for torch, 1 for
+FAISS), so the workers, the event loop and the loader do not oversubscribe 2 cores.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the request models built inside create_app
