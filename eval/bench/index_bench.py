@@ -322,7 +322,8 @@ def plot(paths: list[str], png: str) -> None:
         flat = next((row for row in r["indexes"] if row["factory"].startswith("Flat")), None)
         for row in r["indexes"]:
             swept = [s for s in row["settings"] if s["param"]]
-            pts = sorted((s["p50_ms_1"], s["recall@10"]) for s in (swept or row["settings"]))
+            pts = [(s["p50_ms_1"], s["recall@10"]) for s in sorted(swept, key=lambda s: s["value"])] or \
+                [(s["p50_ms_1"], s["recall@10"]) for s in row["settings"]]  # joined in sweep order
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", ms=3, label=f"{row['factory']} ({row['bytes_per_vector']:.0f} B/vec)")
         if flat:
