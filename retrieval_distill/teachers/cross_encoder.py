@@ -91,12 +91,15 @@ class OnnxCrossEncoder:
             self._export(ce, fp32)
         path = fp32
         if quantize == "int8":
-            path = folder / "model-int8.onnx"
+            # per-channel, reduce-range int8 weights of the MatMuls, first transformer layer
+            # kept fp32: the recipe of the query encoder (models/onnx_encoder.quantize_int8);
+            # plain per-tensor int8 drifted past the fp32 check on a fitted MiniLM cross-encoder
+            path = folder / "model-int8-pc-rr-l0fp32.onnx"
             if not path.exists():
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+                from retrieval_distill.models.onnx_encoder import quantize_int8
 
                 with atomic_path(path, suffix=".onnx") as tmp:
-                    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+                    quantize_int8(fp32, tmp)
         elif quantize not in ("none", None):
             raise ValueError(f"quantize must be 'int8' or 'none', got {quantize!r}")
         so = ort.SessionOptions()
