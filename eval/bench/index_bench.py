@@ -82,6 +82,7 @@ def clustered_vectors(n: int, dim: int, n_queries: int, seed: int = 0, clusters:
         ``(docs float32 (n, dim), queries float32 (n_queries, dim))``, rows L2-normalised.
     """
     rng = np.random.default_rng(seed)
+    rank = min(rank, dim)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T.astype(np.float32)  # (rank, dim), orthonormal rows
