@@ -131,6 +131,21 @@ def test_run_dense_matches_exact_cosine(tmp_path):
         assert run[q][top[0]] == pytest.approx(float(sims.max()), abs=1e-4)
 
 
+def test_run_dense_query_encoder_alone_is_used(tmp_path):
+    """--query-encoder without --encoder: documents stay the index's encoder, queries go
+    through the given model (here mpnet, 768-d, refused against a 384-d MiniLM index: proof
+    that it is really used, where it used to be ignored silently)."""
+    import index_support as S
+    from retrieval_distill.index.build import build_index
+
+    docids, emb, _ = S.adi_encoded()
+    version = build_index(emb, docids, tmp_path / "v", encoder=S.encoder(), texts=S.adi().doc_texts())
+    r = rd("eval", "run", ADI, tmp_path / "a.trec", "--searcher", "dense", "--index", version.path,
+           "--query-encoder", "all-mpnet-base-v2", "--k", 5)
+    assert r.exit_code != 0 and "768" in (r.output + repr(r.exception))
+    assert not (tmp_path / "a.trec").exists()
+
+
 def test_run_rerank_with_a_teacher(adi, adi_bm25_run, tmp_path):
     # Rerank BM25 (k1=0.9, b=0.4) candidates with a BM25 teacher of other parameters
     # (k1=1.2, b=0.75): the run must hold exactly the teacher's scores of the top 5.

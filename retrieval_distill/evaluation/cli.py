@@ -189,9 +189,14 @@ def dense_run(index: Path | None, queries: dict[str, str], k: int, encoder: str 
     if index is None:
         raise ValueError("--searcher dense needs --index (an index store root or version folder)")
     enc = None
-    if encoder:
+    if encoder or query_encoder:
         from retrieval_distill.models.encoder import Encoder
 
+        if not encoder:  # a query encoder alone: documents stay the index's own encoder
+            from retrieval_distill.index.store import open_version
+
+            m = open_version(Path(index)).manifest
+            encoder = m.encoder.name
         enc = Encoder(encoder, query_model=query_encoder)
     hits = DenseSearcher(index, encoder=enc).batch_search(queries, k=k)
     return {q: {h.docid: h.score for h in hs if h.docid} for q, hs in hits.items()}
