@@ -210,3 +210,29 @@ def test_parse_spec(tmp_path):
         parse_spec('{"kind": "bm25", "bogus": 1}')
     with pytest.raises(ValueError, match="unknown teacher kind"):
         build_teacher({"kind": "nope"})
+
+
+def test_fit_weights_cli_output_is_a_spec_score_accepts(adi, adi_bm25_run, tmp_path):
+    """`rd teacher fit-weights` writes the spec plus a `fit` record; `rd teacher score -t FILE`
+    (parse_spec) reads it back with the chosen weights (it used to refuse the `fit` key)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import ADI
+    from retrieval_distill.cli import app
+
+    index, run_path = adi_bm25_run
+    run = read_run(run_path)
+    cands = tmp_path / "dev.trec"
+    cands.write_text("".join(f"{q} Q0 {d} {i + 1} {s} bm25\n" for q in sorted(run)[:8] for i, (d, s) in enumerate(run[q].items())))
+    spec = {"kind": "ensemble", "name": "ens", "members": [{"kind": "bm25", "name": "bm25", "options": {"index": str(index)}},
+                                                        {"kind": "bi_encoder", "name": "minilm", "model": "all-MiniLM-L6-v2"}]}
+    out = tmp_path / "ens.json"
+    r = CliRunner().invoke(app, ["teacher", "fit-weights", "-t", json.dumps(spec), "--dataset", str(ADI), "--split", "test",
+                                 "--candidates", str(cands), "-o", str(out), "--grid", "0,0.5,1"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads(out.read_text())
+    assert saved["fit"]["metric"] == "ndcg@10" and saved["fit"]["queries"] > 0
+    loaded = parse_spec(str(out))
+    assert loaded.kind == "ensemble" and loaded.weights == saved["weights"] and abs(sum(loaded.weights) - 1) < 1e-6

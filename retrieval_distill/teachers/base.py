@@ -151,6 +151,9 @@ def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
         data = {"kind": kind, "model": model or None}
     if isinstance(data, dict) and "teacher" in data and "kind" not in data:
         data = data["teacher"]  # a score-folder manifest or a config section
+    if isinstance(data, dict) and "fit" in data:
+        # `rd teacher fit-weights` output: the spec plus a record of how its weights were chosen
+        data = {k: v for k, v in data.items() if k != "fit"}
     try:
         spec = TeacherSpec.model_validate(data)
     except Exception as e:
