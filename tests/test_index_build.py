@@ -120,6 +120,30 @@ def test_build_index_versions(tmp_path, factory):
         assert faiss.extract_index_ivf(v.index).code_size == 4  # vs 384 * 4 = 1536 bytes a vector flat
 
 
+def test_pq_polysemous_training_is_off_unless_asked(tmp_path):
+    """FAISS's factory turns polysemous training on for 8-bit PQ (minutes of simulated
+    annealing that only Hamming filtering uses); builds switch it off, a param turns it on."""
+    import faiss
+
+    from retrieval_distill.index.build import new_faiss_index, unwrap
+
+    def pq_of(idx, factory):
+        return faiss.downcast_index(faiss.try_extract_index_ivf(idx)) if "IVF" in factory else unwrap(idx)
+
+    for factory in ("IVF4,PQ8", "OPQ8,IVF4,PQ8", "PQ8"):
+        raw = faiss.index_factory(384, factory, faiss.METRIC_INNER_PRODUCT)
+        assert pq_of(raw, factory).do_polysemous_training is True, factory  # FAISS's default
+        assert pq_of(new_faiss_index(factory, 384, "ip", {}), factory).do_polysemous_training is False, factory
+        assert pq_of(new_faiss_index(factory, 384, "ip", {"polysemous": True}), factory).do_polysemous_training is True
+    # an IVF-PQ version built this way still searches sensibly (ADI, 82 docs, 8 bytes a vector)
+    docids, emb, _ = S.adi_encoded()
+    qids, q = S.adi_query_vectors()
+    v = build_index(emb, docids, tmp_path / "v", factory="IVF2,PQ16x4", encoder=S.encoder(), params={"nprobe": 2})
+    top = np.argsort(-(q @ emb.T), axis=1)[:, :10]
+    _, labels = v.index.search(q, 10)
+    assert np.mean([len(set(t) & set(lab)) / 10 for t, lab in zip(top, labels)]) >= 0.5
+
+
 def test_build_index_bad_input(tmp_path):
     docids, emb, _ = S.adi_encoded()
     enc = S.encoder()
