@@ -10,11 +10,11 @@ Usage::
     python eval/bench/index_bench.py --dataset beir/scifact/test --out eval/reports/bench/scifact.json
 
     # two phases: build (normal priority, resumable: finished index folders are kept under
-    # --index-dir and skipped), then measure under work/quiet.sh (loads the folders;
+    # --index-dir and skipped), then measure under eval/bench/quiet.sh (loads the folders;
     # --factories picks the rows, each row is merged into --out)
     python eval/bench/index_bench.py --phase build --dataset ../shared/data/classic/vaswani \
         --index-dir work/bench/idx/vaswani --factories "Flat;HNSW32;SQ8;IVF64,PQ48"
-    work/quiet.sh python eval/bench/index_bench.py --phase measure --dataset ../shared/data/classic/vaswani \
+    eval/bench/quiet.sh python eval/bench/index_bench.py --phase measure --dataset ../shared/data/classic/vaswani \
         --index-dir work/bench/idx/vaswani --factories "Flat;HNSW32" --out eval/reports/bench/vaswani.json
 
     # synthetic clustered unit vectors (scale); see clustered_vectors()
@@ -351,7 +351,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--phase", choices=["all", "build", "measure"], default="all",
                     help="all: build into a temporary folder and measure in one process; build/measure: "
-                         "split, with --index-dir (run measure under work/quiet.sh)")
+                         "split, with --index-dir (run measure under eval/bench/quiet.sh)")
     ap.add_argument("--index-dir", default=None, help="where built index folders are kept (build/measure phases)")
     ap.add_argument("--dataset", default="beir/scifact/test")
     ap.add_argument("--split", default=None)
