@@ -197,3 +197,25 @@ def test_dev_ndcg_evaluated_each_epoch(scored, tmp_path):
     assert final[key] == pytest.approx(per[-1][key], abs=1e-4)
     # final dev metrics (ranx, exhaustive FAISS search) agree with the evaluator's last epoch
     assert card["dev_metrics"]["overall"]["ndcg@10"] == pytest.approx(per[-1][key], abs=2e-3)
+
+
+def test_leaf_targets_read_from_an_encoding_folder(adi, tmp_path):
+    """leaf.embeddings: document texts take the folder's vectors (no encoding), texts it does
+    not hold are encoded and counted, and a folder of other weights is refused."""
+    from retrieval_distill.distill.cli import _PreencodedDocuments
+    from retrieval_distill.index.build import encode_corpus
+    from retrieval_distill.models.encoder import Encoder
+
+    enc = Encoder("all-MiniLM-L6-v2", show_progress=False)
+    docids, emb = encode_corpus(enc, adi, tmp_path / "enc", shard_size=32, show_progress=False)
+    pre = _PreencodedDocuments(enc, str(tmp_path / "enc"), adi)
+    texts = [adi.doc_text(d) for d in docids[:5]]
+    np.testing.assert_array_equal(pre.encode_documents(texts), emb[:5])
+    assert pre.misses == 0
+    new = "a passage that is not in the ADI corpus"
+    out = pre.encode_documents([texts[0], new])
+    np.testing.assert_array_equal(out[0], emb[0])
+    np.testing.assert_allclose(out[1], enc.encode_documents([new])[0], atol=1e-6)
+    assert pre.misses == 1
+    with pytest.raises(ValueError, match="not by the LEAF teacher 'all-mpnet-base-v2'"):
+        _PreencodedDocuments(Encoder("all-mpnet-base-v2", show_progress=False), str(tmp_path / "enc"), adi)

@@ -76,12 +76,8 @@ class _PreencodedDocuments:
 
     def __init__(self, encoder, folder: str, collection):
         from retrieval_distill.index.build import load_encoding
-        from retrieval_distill.models.resolve import model_fingerprint
 
-        docids, emb, key = load_encoding(folder)
-        fp = model_fingerprint(encoder.model_name)
-        if key.get("encoder_fingerprint") != fp:
-            raise ValueError(f"{folder}: encoded by {key.get('encoder')!r}, not by the LEAF teacher {encoder.model_name!r}")
+        docids, emb, _ = load_encoding(folder, encoder.model_name, role="the LEAF teacher")
         self.encoder = encoder
         self.table = {collection.doc_text(d): emb[i] for i, d in enumerate(docids) if d in collection.corpus}
         self.encode_queries = encoder.encode_queries

@@ -298,11 +298,16 @@ def encode_corpus(
     return docids, np.ascontiguousarray(emb, dtype=np.float32)
 
 
-def load_encoding(folder: str | os.PathLike) -> tuple[list[str], np.ndarray, dict]:
+def load_encoding(
+    folder: str | os.PathLike, model: str | os.PathLike | None = None, role: str = "the expected encoder"
+) -> tuple[list[str], np.ndarray, dict]:
     """Read a complete encoding folder written by :func:`encode_corpus`.
 
     Args:
         folder: the folder (``docids``, ``emb-NNNNN.npy``, ``encoding.json``).
+        model: if given, the folder must have been encoded by these weights (checked on the
+            weights fingerprint before any shard is read).
+        role: how messages name ``model`` (``"this teacher"``, ``"the LEAF teacher"``).
 
     Returns:
         ``(docids, embeddings, key)``: docids in corpus order, float32 ``(n, dim)`` and the
@@ -311,24 +316,33 @@ def load_encoding(folder: str | os.PathLike) -> tuple[list[str], np.ndarray, dic
 
     Raises:
         FileNotFoundError: no ``encoding.json`` in ``folder``.
-        ValueError: the encoding is incomplete, or a shard's rows or SHA-256 differ from the
-            record (message names the shard file).
+        ValueError: the encoding is incomplete, was encoded by other weights than ``model``,
+            or a shard's rows or SHA-256 differ from the record (message names the file).
     """
     folder = Path(folder)
-    meta_path = folder / "encoding.json"
+    meta_path = folder / ENCODING_STATE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not an encoding folder (rd index build / encode_corpus writes one)")
     meta = json.loads(meta_path.read_text())
     if not meta.get("complete"):
         raise ValueError(f"{meta_path}: encoding incomplete (resume it with the command that started it)")
+    if model is not None:
+        from retrieval_distill.models.resolve import model_fingerprint
+
+        fp = model_fingerprint(model)
+        if meta["key"].get("encoder_fingerprint") != fp:
+            raise ValueError(
+                f"{folder}: encoded by {meta['key'].get('encoder')!r} (weights {meta['key'].get('encoder_fingerprint')}), "
+                f"not by {role} {str(model)!r} (weights {fp})"
+            )
     key = meta["key"]
     parts = []
     for name in sorted(meta["shards"]):
         rec = meta["shards"][name]
         if _shard_ok(folder / name, rec["rows"], key["dim"], rec) is None:
             raise ValueError(f"{folder / name}: missing, or its rows / SHA-256 differ from {meta_path.name}")
-        parts.append(np.load(folder / name))
-    docids = (folder / "docids").read_text().splitlines()
+        parts.append(np.load(folder / name, allow_pickle=False))
+    docids = (folder / DOCIDS_FILE).read_text(encoding="utf-8").splitlines()
     emb = np.concatenate(parts) if parts else np.zeros((0, key["dim"]), dtype=np.float32)
     if len(docids) != emb.shape[0] or emb.shape[0] != key["n"]:
         raise ValueError(f"{folder}: {len(docids)} docids, {emb.shape[0]} vectors, key says {key['n']}")

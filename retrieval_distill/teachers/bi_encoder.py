@@ -144,15 +144,8 @@ class BiEncoderTeacher:
             ValueError also when the folder was encoded by other weights or another token limit.
         """
         from retrieval_distill.index.build import load_encoding
-        from retrieval_distill.models.resolve import model_fingerprint
 
-        docids, emb, key = load_encoding(folder)
-        fp = model_fingerprint(self.model_name)
-        if key.get("encoder_fingerprint") != fp:
-            raise ValueError(
-                f"{folder}: encoded by {key.get('encoder')!r} (weights {key.get('encoder_fingerprint')}), "
-                f"not by this teacher's {self.model_name!r} (weights {fp})"
-            )
+        docids, emb, key = load_encoding(folder, self.model_name, role="this teacher's")
         if key.get("max_seq_length") and int(key["max_seq_length"]) != self.max_length:
             raise ValueError(
                 f"{folder}: encoded with max_seq_length {key['max_seq_length']}, this teacher uses {self.max_length} "
