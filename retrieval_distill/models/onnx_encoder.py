@@ -104,6 +104,46 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, keep_first_lay
     return keep
 
 
+def export_onnx(module, call, example, path: str | os.PathLike, output_name: str) -> None:
+    """Export ``call(module, features) -> Tensor`` to ONNX at ``path`` (written atomically).
+
+    Used for both the query encoder (the whole ``SentenceTransformer`` forward) and the
+    cross-encoder runner (:class:`retrieval_distill.teachers.cross_encoder.OnnxCrossEncoder`).
+
+    Args:
+        module: the torch module (in eval mode); its parameters become the graph's initialisers.
+        call: ``(module, {input name: LongTensor (batch, seq)}) -> Tensor (batch, ...)``.
+        example: tokenizer output (``return_tensors="pt"``) to trace with; its
+            ``input_ids`` / ``attention_mask`` / ``token_type_ids`` become the graph inputs,
+            with dynamic batch and sequence axes.
+        path: the ``.onnx`` file.
+        output_name: name of the graph output (dynamic batch axis).
+    """
+    import torch
+
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
+
+    class _Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m  # attribute name kept: ONNX node names (FIRST_LAYER) start with /m/
+
+        def forward(self, *args):
+            return call(self.m, dict(zip(names, args)))
+
+    with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad():
+        torch.onnx.export(
+            _Wrapped(module),
+            tuple(example[n] for n in names),
+            str(tmp),
+            input_names=names,
+            output_names=[output_name],
+            dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, output_name: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
 class OnnxQueryEncoder:
     """Encode short texts with ONNX Runtime; same vectors as ``SentenceTransformer.encode``.
 
@@ -180,31 +220,9 @@ class OnnxQueryEncoder:
 
     @staticmethod
     def _export(model, path: Path) -> None:
-        import torch
-
         model = model.eval()
-        enc = model.tokenizer(["a query", "another longer query text"], return_tensors="pt", padding=True)
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-
-        class _Embed(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, *args):
-                return self.m(dict(zip(names, args)))["sentence_embedding"]
-
-        with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad():
-            torch.onnx.export(
-                _Embed(model),
-                tuple(enc[n] for n in names),
-                str(tmp),
-                input_names=names,
-                output_names=["sentence_embedding"],
-                dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, "sentence_embedding": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        example = model.tokenizer(["a query", "another longer query text"], return_tensors="pt", padding=True)
+        export_onnx(model, lambda m, features: m(features)["sentence_embedding"], example, path, "sentence_embedding")
 
     def cosines_to_torch(self, model, texts: list[str]) -> np.ndarray:
         """Cosine of each text's ONNX vector to ``model.encode``'s (float64 array of len(texts))."""

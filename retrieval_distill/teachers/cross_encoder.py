@@ -111,31 +111,10 @@ class OnnxCrossEncoder:
 
     @staticmethod
     def _export(ce, path: Path) -> None:
-        import torch
+        from retrieval_distill.models.onnx_encoder import export_onnx
 
-        model = ce.model.eval()
-        enc = ce.tokenizer(["a query"], ["a passage"], return_tensors="pt", padding=True, truncation=True)
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-
-        class _Logits(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, *args):
-                return self.m(**dict(zip(names, args))).logits
-
-        with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad():
-            torch.onnx.export(
-                _Logits(model),
-                tuple(enc[n] for n in names),
-                str(tmp),
-                input_names=names,
-                output_names=["logits"],
-                dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, "logits": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
+        example = ce.tokenizer(["a query"], ["a passage"], return_tensors="pt", padding=True, truncation=True)
+        export_onnx(ce.model.eval(), lambda m, features: m(**features).logits, example, path, "logits")
 
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
         """Logits of ``pairs``: float32 (n,). Pairs are tokenised once, sorted by token count
