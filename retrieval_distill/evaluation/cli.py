@@ -188,17 +188,16 @@ def dense_run(index: Path | None, queries: dict[str, str], k: int, encoder: str 
 
     if index is None:
         raise ValueError("--searcher dense needs --index (an index store root or version folder)")
+    from retrieval_distill.index.store import open_version
+
+    version = open_version(Path(index))
     enc = None
     if encoder or query_encoder:
         from retrieval_distill.models.encoder import Encoder
 
-        if not encoder:  # a query encoder alone: documents stay the index's own encoder
-            from retrieval_distill.index.store import open_version
-
-            m = open_version(Path(index)).manifest
-            encoder = m.encoder.name
-        enc = Encoder(encoder, query_model=query_encoder)
-    hits = DenseSearcher(index, encoder=enc).batch_search(queries, k=k)
+        # a query encoder alone: documents stay the index's own encoder
+        enc = Encoder(encoder or version.manifest.encoder.name, query_model=query_encoder)
+    hits = DenseSearcher(version, encoder=enc).batch_search(queries, k=k)
     return {q: {h.docid: h.score for h in hs if h.docid} for q, hs in hits.items()}
 
 
