@@ -90,12 +90,15 @@ class BM25Teacher:
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (q, t) in enumerate(zip(qids, queries)):
             groups.setdefault((q, t), []).append(i)
-        text_of = dict(zip(docids, passages)) if passages is not None and len(passages) == len(docids) else {}
+        text_of: dict[str, str] | None = None  # built only if some docid is missing from the index
         for d in dict.fromkeys(docids):
             if d not in self._known and d not in self._empty:
                 # Lucene scores an unknown docid 0.0 without complaint: refuse instead,
                 # unless the passage is empty (Lucene does not index empty documents)
                 if self.searcher.searcher.doc(d) is None:
+                    if text_of is None:
+                        ok = passages is not None and len(passages) == len(docids)
+                        text_of = dict(zip(docids, passages)) if ok else {}
                     if d in text_of and not str(text_of[d]).strip():
                         self._empty.add(d)
                         log.warning("docid %r: empty passage, not in the BM25 index %s: scored 0.0", d, self.index_dir)
