@@ -140,6 +140,39 @@ def fit_cmd(
     typer.echo(f"wrote {path}: {(path / 'fit.json').read_text()}")
 
 
+@app.command("fit-colbert")
+def fit_colbert_cmd(
+    model: str = typer.Option("all-mpnet-base-v2", help="encoder (path / alias / hub name); it stays frozen"),
+    dataset: str = typer.Option(..., help="dataset id with split (beir/scifact/train) or BEIR folder"),
+    candidates: Path = typer.Option(..., help="TREC run of the training queries (hard negatives come from it)"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder to write (projection.pt, teacher.json, fit.json)"),
+    split: str = typer.Option(None, help="qrels split when DATASET is a folder"),
+    exclude_qids: Path = typer.Option(None, help="file of qids (first column) to hold out, e.g. the dev split"),
+    dim: int = typer.Option(128, help="projected token dimension"),
+    negatives: int = typer.Option(4, help="hard negatives per query"),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-3),
+    doc_maxlen: int = typer.Option(256, help="document tokens kept"),
+    seed: int = typer.Option(13),
+):
+    """Fit a ColBERT teacher's linear projection (frozen encoder) on qrels plus hard and in-batch negatives."""
+    _logging()
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.evaluation.runs import read_run
+    from retrieval_distill.teachers.fit import fit_colbert_projection
+
+    coll = load_collection(dataset, split=split)
+    held = _read_qids(exclude_qids)
+    queries = {q: t for q, t in coll.queries.items() if q not in held}
+    path = fit_colbert_projection(
+        model, queries, coll.qrels, _ranked(read_run(candidates)), coll.doc_text, output, dim=dim, negatives=negatives,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, options={"doc_maxlen": doc_maxlen},
+    )  # fmt: skip
+    typer.echo(f"wrote {path}: {(path / 'fit.json').read_text()}")
+    typer.echo(f"score with: rd teacher score -t {path / 'teacher.json'} ...")
+
+
 @app.command("fit-weights")
 def fit_weights_cmd(
     teacher: str = typer.Option(..., "--teacher", "-t", help="ensemble spec (file or inline JSON)"),

@@ -24,7 +24,11 @@ Two ways to build one:
   ["[unused0]", "[unused1]"], "query_maxlen": 32, "doc_maxlen": 180, "augment": true,
   "projection": "checkpoint", "skip_special": false}``; the 768x128 ``linear.weight`` is
   read from the checkpoint's weights file. (No such checkpoint is available offline here,
-  so this path is exercised only with a projection saved by :meth:`save_projection`.)
+  so this path is exercised only with a projection matrix file.)
+* **Fitted** (``rd teacher fit-colbert``, :func:`~retrieval_distill.teachers.fit.fit_colbert_projection`):
+  the encoder stays frozen and a linear projection (hidden -> ``dim``, 128 as in ColBERT) is
+  trained on qrels with mined hard negatives and in-batch negatives; it is saved as
+  ``projection.pt`` beside a ``teacher.json`` spec that names it.
 
 Document-side work is cached: token embeddings of each document are computed once (by
 docid in :meth:`ColBERTTeacher.score_ids`, or preloaded by the scoring job's document
@@ -142,9 +146,12 @@ class ColBERTTeacher:
         return int(self.projection.shape[0]) if self.projection is not None else int(self.model.config.hidden_size)
 
     # -- token embeddings ---------------------------------------------------------------
-    def _embed(self, texts: list[str], is_query: bool) -> list[np.ndarray]:
+    def _embed(self, texts: list[str], is_query: bool, raw: bool = False) -> list[np.ndarray]:
         """Token embeddings of each text: list of float32 (n_tokens_i, dim), normalised,
-        with skipped tokens removed. Texts are sorted by length and batched."""
+        with skipped tokens removed. Texts are sorted by length and batched. ``raw=True``
+        returns the encoder's hidden states (n_tokens_i, hidden) before the projection and
+        the normalisation (what :func:`~retrieval_distill.teachers.fit.fit_colbert_projection`
+        trains on)."""
         import torch
 
         if not texts:
@@ -174,9 +181,12 @@ class ColBERTTeacher:
                     att[r, : len(row)] = 1
             with torch.no_grad():
                 h = self.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(att)).last_hidden_state
-            if self.projection is not None:
-                h = h @ self.projection.T
-            h = torch.nn.functional.normalize(h, dim=-1).numpy()
+            if raw:
+                h = h.numpy()
+            else:
+                if self.projection is not None:
+                    h = h @ self.projection.T
+                h = torch.nn.functional.normalize(h, dim=-1).numpy()
             for r, j in enumerate(idx):
                 keep = att[r].astype(bool).copy()
                 for t, tok in enumerate(ids[r]):

@@ -1,6 +1,7 @@
-"""Train a cross-encoder teacher from a bi-encoder backbone (``rd teacher fit``).
+"""Fit teachers here: a cross-encoder from a bi-encoder backbone (``rd teacher fit``), and a
+ColBERT projection on a frozen encoder (``rd teacher fit-colbert``, :func:`fit_colbert_projection`).
 
-Two optional stages, both with the sentence-transformers ``CrossEncoderTrainer``:
+The cross-encoder fit has two stages, both with the sentence-transformers ``CrossEncoderTrainer``:
 
 1. **Teacher of the teacher** (optional, ``distill_scores``): regress the scores of an
    existing teacher (an ensemble's fused scores over many queries' candidate lists) with
@@ -26,6 +27,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from retrieval_distill.utils import write_json_atomic
 
@@ -165,4 +168,151 @@ def fit_cross_encoder(
     os.replace(tmp, output)
     shutil.rmtree(work, ignore_errors=True)
     log.info("cross-encoder written to %s (%s)", output, card)
+    return output
+
+
+def _pad(mats: list, dim: int):
+    """Stack variable-length token matrices: (len, max_n, dim) float32 and a bool mask."""
+    import torch
+
+    n = max(m.shape[0] for m in mats)
+    x = torch.zeros((len(mats), n, dim), dtype=torch.float32)
+    mask = torch.zeros((len(mats), n), dtype=torch.bool)
+    for i, m in enumerate(mats):
+        x[i, : m.shape[0]] = torch.from_numpy(m.astype(np.float32))
+        mask[i, : m.shape[0]] = True
+    return x, mask
+
+
+def fit_colbert_projection(
+    model: str,
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+    candidates: dict[str, list[str]],
+    doc_text: Callable[[str], str],
+    output: str | os.PathLike,
+    *,
+    dim: int = 128,
+    negatives: int = 4,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 13,
+    options: dict | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fit the linear projection of a ColBERT (MaxSim) teacher on a frozen encoder.
+
+    The encoder's token hidden states (dim ``hidden``) of every training query and document are
+    computed once (float16, length-sorted batches); a projection ``W`` (``dim`` x ``hidden``,
+    initialised with the top ``dim`` right singular vectors of a sample of document tokens, so
+    training starts from the best rank-``dim`` approximation of the zero-shot geometry) is then
+    trained with Adam: each query's MaxSim scores against its positive, its ``negatives``
+    mined hard negatives and every other document of the batch (in-batch negatives) go through
+    softmax cross-entropy with the positive as target (ColBERT's training objective, Khattab &
+    Zaharia 2020, with in-batch negatives as in ColBERTv2, Santhanam et al. 2022). Only ``W``
+    learns: fitting the whole encoder is what the cross-encoder fit does, at far higher cost.
+
+    One training tuple per query and epoch (a positive drawn at random when a query has several,
+    so a query never meets its own other positive as an in-batch negative).
+
+    Args:
+        model: encoder (path / alias / hub name), e.g. all-mpnet-base-v2.
+        queries, qrels: training queries and their qrels (qid -> {docid: grade}).
+        candidates: qid -> ranked candidate docids (hard negatives: top non-judged ones).
+        doc_text: docid -> passage text.
+        output: folder to write: ``projection.pt`` (float32 (dim, hidden) tensor),
+            ``teacher.json`` (the colbert spec naming it; pass it to ``rd teacher score -t``),
+            ``fit.json`` (data sizes, loss per epoch, seconds). Replaced atomically.
+        dim: projected token dimension (128 in ColBERT).
+        negatives, epochs, batch_size, lr, seed: training settings.
+        options: other colbert options (``doc_maxlen``, ``markers``...); ``projection`` is set here.
+
+    Returns:
+        the output folder.
+
+    Raises:
+        ModelNotFoundError: the encoder cannot be resolved.
+        ValueError: no training query has a positive, or ``dim`` exceeds the hidden size.
+    """
+    import torch
+
+    from retrieval_distill.teachers.base import TeacherSpec
+    from retrieval_distill.teachers.colbert import ColBERTTeacher
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    opts = {k: v for k, v in (options or {}).items() if k != "projection"}
+    teacher = ColBERTTeacher(TeacherSpec(kind="colbert", model=model, options=opts))
+    hidden = int(teacher.model.config.hidden_size)
+    if dim > hidden:
+        raise ValueError(f"dim {dim} exceeds the encoder's hidden size {hidden}")
+    tuples = []  # (qid, [positives], [hard negatives])
+    for q in queries:
+        pos = [d for d, g in qrels.get(q, {}).items() if g > 0]
+        if pos:
+            judged = set(qrels.get(q, {}))
+            tuples.append((q, pos, [d for d in candidates.get(q, []) if d not in judged][:negatives]))
+    if not tuples:
+        raise ValueError("fit_colbert_projection: no training query has positive qrels")
+    qids = [t[0] for t in tuples]
+    docids = list(dict.fromkeys(d for _, pos, neg in tuples for d in pos + neg))
+    log.info("colbert fit: %d queries, %d documents: encoding token states", len(qids), len(docids))
+    qe = dict(zip(qids, (e.astype(np.float16) for e in teacher._embed([queries[q] for q in qids], True, raw=True))))
+    de: dict[str, np.ndarray] = {}
+    chunk = 256
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(docids), chunk), desc="document token states", unit="chunk", disable=not progress):
+        part = docids[i : i + chunk]
+        de.update(zip(part, (e.astype(np.float16) for e in teacher._embed([doc_text(d) for d in part], False, raw=True))))
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    sample = np.concatenate([de[d] for d in rng.choice(docids, min(len(docids), 2000), replace=False)]).astype(np.float32)
+    _, _, vt = np.linalg.svd(sample[rng.choice(len(sample), min(len(sample), 50_000), replace=False)], full_matrices=False)
+    w = torch.nn.Parameter(torch.from_numpy(vt[:dim].copy()))  # (dim, hidden)
+    opt = torch.optim.Adam([w], lr=lr)
+
+    def maxsim(qx, qm, dx, dm):  # (B, m, h), (B, m), (N, n, h), (N, n) -> (B, N)
+        qp = torch.nn.functional.normalize(qx @ w.T, dim=-1)
+        dp = torch.nn.functional.normalize(dx @ w.T, dim=-1)
+        s = torch.einsum("bid,jtd->bjit", qp, dp).masked_fill(~dm[None, :, None, :], -1e4).amax(-1)
+        return (s * qm[:, None, :]).sum(-1)
+
+    history = []
+    for ep in range(epochs):
+        order = rng.permutation(len(tuples))
+        total, n = 0.0, 0
+        for a in range(0, len(order), batch_size):
+            batch = [tuples[i] for i in order[a : a + batch_size]]
+            qx, qm = _pad([qe[q] for q, _, _ in batch], hidden)
+            docs, target = [], []
+            for _, pos, neg in batch:
+                target.append(len(docs))
+                docs += [pos[int(rng.integers(len(pos)))]] + neg
+            dx, dm = _pad([de[d] for d in docs], hidden)
+            scores = maxsim(qx, qm.float(), dx, dm)
+            loss = torch.nn.functional.cross_entropy(scores, torch.tensor(target))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch)
+            n += len(batch)
+        history.append({"epoch": ep + 1, "loss": round(total / n, 5)})
+        log.info("colbert fit epoch %d: loss %.4f", ep + 1, total / n)
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(w.detach().clone(), tmp / "projection.pt")
+    spec = {"kind": "colbert", "name": f"colbert-{output.name}", "model": model,
+            "options": {**opts, "projection": str(output / "projection.pt")}}  # fmt: skip
+    write_json_atomic(tmp / "teacher.json", spec)
+    card = {"model": model, "dim": dim, "hidden": hidden, "queries": len(tuples), "documents": len(docids), "negatives": negatives,
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "init": "top singular vectors of document tokens",
+            "loss_history": history, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    write_json_atomic(tmp / "fit.json", card)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    log.info("colbert projection written to %s (%s)", output, card)
     return output

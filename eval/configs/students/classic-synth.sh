@@ -2,13 +2,14 @@
 # A classic corpus with NO judged training queries: synthetic queries -> BM25 + MiniLM candidates ->
 # BM25+MiniLM z-score ensemble teacher -> margin-MSE + InfoNCE student -> evaluated on the corpus's
 # REAL queries (never seen in training) against the student init.     eval/reports/students.md
-#   bash eval/configs/students/classic-synth.sh cranfield 300
+#   bash eval/configs/students/classic-synth.sh cranfield 1400     (all documents; outputs in
+#   work/students/cranfield-synth-1400/)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 C=${1:-cranfield}; MAXDOCS=${2:-300}
 D=../shared/data/classic/$C
-W=work/students/$C-synth
+W=work/students/$C-synth-$MAXDOCS
 mkdir -p $W
 [ -f $W/synth/queries.jsonl ] || rd queries synth classic/$C $W/synth --max-docs $MAXDOCS --seed 13
 [ -d $W/bm25 ] || rd bm25 index $D $W/bm25
