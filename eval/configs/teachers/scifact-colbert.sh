@@ -1,0 +1,24 @@
+#!/bin/bash
+# ColBERT (MaxSim) rows of eval/reports/teachers.md on SciFact: zero-shot MaxSim over
+# all-MiniLM-L6-v2 token embeddings vs the same encoder with a fitted 128-d projection
+# (rd teacher fit-colbert: train queries minus the dev qids, BM25 ∪ MiniLM hard negatives),
+# both reranking the quick pipeline's candidates (the same lists as every other SciFact row).
+# Needs `make demo` (work/scifact-quick) and work/teachers/scifact/dev.qids (scifact-leaderboard.sh).
+#   bash eval/configs/teachers/scifact-colbert.sh [MODEL]      (default all-MiniLM-L6-v2)
+set -euo pipefail
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+M=${1:-all-MiniLM-L6-v2}; N=$(basename $M)
+W=work/teachers/scifact; Q=work/scifact-quick
+[ -f $W/colbert-$N-fit/teacher.json ] || rd teacher fit-colbert --model $M --dataset beir/scifact/train \
+    --candidates $Q/candidates/train.trec --exclude-qids $W/dev.qids -o $W/colbert-$N-fit --dim 128 --epochs 10
+for T in zero fit; do
+  S=$([ $T = zero ] && echo "{\"kind\":\"colbert\",\"name\":\"maxsim-$N\",\"model\":\"$M\"}" || echo $W/colbert-$N-fit/teacher.json)
+  for SP in dev test; do
+    SPLIT=$([ $SP = dev ] && echo train || echo test)
+    [ -f $W/maxsim-$N-$T.$SP/manifest.json ] || rd teacher score -t "$S" --candidates $Q/candidates/$SP.trec \
+        --dataset beir/scifact/$SPLIT -o $W/maxsim-$N-$T.$SP --no-progress
+  done
+  rd teacher evaluate $W/maxsim-$N-$T.dev --dataset beir/scifact/train --qids $W/dev.qids
+  rd teacher evaluate $W/maxsim-$N-$T.test --dataset beir/scifact/test
+done
