@@ -5,6 +5,7 @@
 # both reranking the quick pipeline's candidates (the same lists as every other SciFact row).
 # Needs `make demo` (work/scifact-quick) and work/teachers/scifact/dev.qids (scifact-leaderboard.sh).
 #   bash eval/configs/teachers/scifact-colbert.sh [MODEL]      (default all-MiniLM-L6-v2)
+#   SPLITS=test bash eval/configs/teachers/scifact-colbert.sh  (score only the test lists)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -14,11 +15,11 @@ W=work/teachers/scifact; Q=work/scifact-quick
     --candidates $Q/candidates/train.trec --exclude-qids $W/dev.qids -o $W/colbert-$N-fit --dim 128 --epochs 10
 for T in zero fit; do
   S=$([ $T = zero ] && echo "{\"kind\":\"colbert\",\"name\":\"maxsim-$N\",\"model\":\"$M\"}" || echo $W/colbert-$N-fit/teacher.json)
-  for SP in dev test; do
+  for SP in ${SPLITS:-dev test}; do
     SPLIT=$([ $SP = dev ] && echo train || echo test)
     [ -f $W/maxsim-$N-$T.$SP/manifest.json ] || rd teacher score -t "$S" --candidates $Q/candidates/$SP.trec \
         --dataset beir/scifact/$SPLIT -o $W/maxsim-$N-$T.$SP --no-progress
   done
-  rd teacher evaluate $W/maxsim-$N-$T.dev --dataset beir/scifact/train --qids $W/dev.qids
+  [ -f $W/maxsim-$N-$T.dev/manifest.json ] && rd teacher evaluate $W/maxsim-$N-$T.dev --dataset beir/scifact/train --qids $W/dev.qids
   rd teacher evaluate $W/maxsim-$N-$T.test --dataset beir/scifact/test
 done
