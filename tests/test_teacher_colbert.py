@@ -111,3 +111,18 @@ def test_fit_colbert_projection_learns_on_adi(adi, adi_bm25_run, tmp_path):
             rerank.setdefault(q, {})[d] = float(v)
         res[name] = evaluate(adi.qrels, rerank, ["ndcg@10"]).overall["ndcg@10"]
     assert res["fitted"] > res["zero"], res
+
+
+def test_bad_projection_file_is_a_clear_error(tmp_path):
+    """A corrupt projection file, or a matrix of the wrong shape, fails at build time naming
+    the file (not a pickle traceback, nor a matmul error in the middle of a scoring job)."""
+    bad = tmp_path / "projection.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"projection.pt: not a readable projection matrix \(UnpicklingError"):
+        build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"projection": str(bad)}})
+    torch.save(torch.zeros(16, 100), bad)
+    with pytest.raises(ValueError, match=r"projection.pt: projection must be a \(dim_out, 384\) matrix .* got \(16, 100\)"):
+        build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"projection": str(bad)}})
+    np.save(tmp_path / "p.npy", np.zeros(384, np.float32))
+    with pytest.raises(ValueError, match=r"p.npy: projection must be .* got \(384,\)"):
+        build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"projection": str(tmp_path / "p.npy")}})

@@ -61,7 +61,7 @@ class ColBERTTeacher:
     Raises:
         ModelNotFoundError: the model cannot be resolved.
         FileNotFoundError: a projection file does not exist.
-        ValueError: a bad option.
+        ValueError: a bad option, or a projection file that does not load as a (dim_out, hidden) matrix.
     """
 
     scale = "maxsim"
@@ -125,7 +125,14 @@ class ColBERTTeacher:
         p = Path(proj)
         if not p.exists():
             raise FileNotFoundError(f"{p}: projection file does not exist")
-        w = torch.from_numpy(np.load(p)) if p.suffix == ".npy" else torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            w = torch.from_numpy(np.load(p)) if p.suffix == ".npy" else torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: pickle, zip or numpy errors
+            raise ValueError(f"{p}: not a readable projection matrix ({type(e).__name__}: {str(e).split('. ')[0][:160]})") from None
+        hidden = int(self.model.config.hidden_size)
+        if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[1] != hidden or w.shape[0] < 1:
+            shape = tuple(w.shape) if hasattr(w, "shape") else type(w).__name__
+            raise ValueError(f"{p}: projection must be a (dim_out, {hidden}) matrix for {self.model_name}, got {shape}")
         return w.float()
 
     @property
