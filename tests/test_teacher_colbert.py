@@ -126,3 +126,37 @@ def test_bad_projection_file_is_a_clear_error(tmp_path):
     np.save(tmp_path / "p.npy", np.zeros(384, np.float32))
     with pytest.raises(ValueError, match=r"p.npy: projection must be .* got \(384,\)"):
         build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"projection": str(tmp_path / "p.npy")}})
+
+
+def test_fit_colbert_output_and_settings_are_checked_first(adi, tmp_path, monkeypatch):
+    """fit-colbert refuses a file or a foreign folder as its output and out-of-range settings
+    before any work, leaving nothing behind; a relative output still gives a teacher.json
+    whose projection path works from another folder."""
+    import json
+
+    from retrieval_distill.teachers.fit import fit_colbert_projection
+
+    qs = {q: adi.queries[q] for q in list(adi.queries)[:3]}
+    cands = {q: list(adi.corpus)[:4] for q in qs}
+    args = ("all-MiniLM-L6-v2", qs, adi.qrels, cands, adi.doc_text)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("keep")
+    for out in (afile, other):
+        with pytest.raises(FileExistsError, match="is not a fit-colbert output folder"):
+            fit_colbert_projection(*args, out, dim=8, epochs=1)
+    assert afile.read_text() == "x" and (other / "keep.txt").read_text() == "keep"
+    for kw, msg in (({"dim": -5}, "dim must be >= 1, got -5"), ({"batch_size": 0}, "batch_size must be >= 1")):
+        with pytest.raises(ValueError, match=msg):
+            fit_colbert_projection(*args, tmp_path / "x", **{"dim": 8, "epochs": 1, **kw})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other"]
+    monkeypatch.chdir(tmp_path)
+    fit_colbert_projection(*args, "rel", dim=8, epochs=1, progress=False)
+    spec = json.loads((tmp_path / "rel" / "teacher.json").read_text())
+    assert spec["options"]["projection"] == str(tmp_path / "rel" / "projection.pt")
+    fit_colbert_projection(*args, "rel", dim=8, epochs=1, progress=False)  # a previous fit's folder is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other", "rel"]
+    monkeypatch.chdir(other)
+    assert build_teacher(spec).dim == 8

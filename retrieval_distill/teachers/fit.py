@@ -233,7 +233,10 @@ def fit_colbert_projection(
 
     Raises:
         ModelNotFoundError: the encoder cannot be resolved.
-        ValueError: no training query has a positive, or ``dim`` exceeds the hidden size.
+        ValueError: no training query has a positive, ``dim`` exceeds the hidden size, or a
+            setting is out of range (``dim``/``batch_size`` < 1, ``epochs``/``negatives`` < 0).
+        FileExistsError: ``output`` is a file, or a non-empty folder without ``fit.json``
+            (checked before any work; nothing is written).
     """
     import torch
 
@@ -241,7 +244,12 @@ def fit_colbert_projection(
     from retrieval_distill.teachers.colbert import ColBERTTeacher
 
     t0 = time.perf_counter()
-    output = Path(output)
+    output = Path(output).absolute()  # teacher.json names projection.pt by this path: absolute, so it works from any folder
+    for name, v, least in (("dim", dim, 1), ("epochs", epochs, 0), ("batch_size", batch_size, 1), ("negatives", negatives, 0)):
+        if v < least:
+            raise ValueError(f"{name} must be >= {least}, got {v}")
+    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / "fit.json").is_file()):
+        raise FileExistsError(f"{output}: exists and is not a fit-colbert output folder (no fit.json); not replacing it")
     opts = {k: v for k, v in (options or {}).items() if k != "projection"}
     teacher = ColBERTTeacher(TeacherSpec(kind="colbert", model=model, options=opts))
     hidden = int(teacher.model.config.hidden_size)
@@ -302,17 +310,20 @@ def fit_colbert_projection(
         log.info("colbert fit epoch %d: loss %.4f", ep + 1, total / n)
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(w.detach().clone(), tmp / "projection.pt")
-    spec = {"kind": "colbert", "name": f"colbert-{output.name}", "model": model,
-            "options": {**opts, "projection": str(output / "projection.pt")}}  # fmt: skip
-    write_json_atomic(tmp / "teacher.json", spec)
-    card = {"model": model, "dim": dim, "hidden": hidden, "queries": len(tuples), "documents": len(docids), "negatives": negatives,
-            "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "init": "top singular vectors of document tokens",
-            "loss_history": history, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    write_json_atomic(tmp / "fit.json", card)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+    try:
+        tmp.mkdir(parents=True)
+        torch.save(w.detach().clone(), tmp / "projection.pt")
+        spec = {"kind": "colbert", "name": f"colbert-{output.name}", "model": model,
+                "options": {**opts, "projection": str(output / "projection.pt")}}  # fmt: skip
+        write_json_atomic(tmp / "teacher.json", spec)
+        card = {"model": model, "dim": dim, "hidden": hidden, "queries": len(tuples), "documents": len(docids), "negatives": negatives,
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "init": "top singular vectors of document tokens",
+                "loss_history": history, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+        write_json_atomic(tmp / "fit.json", card)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("colbert projection written to %s (%s)", output, card)
     return output
