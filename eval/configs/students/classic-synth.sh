@@ -2,12 +2,12 @@
 # A classic corpus with NO judged training queries: synthetic queries -> BM25 + MiniLM candidates ->
 # BM25+MiniLM z-score ensemble teacher -> margin-MSE + InfoNCE student -> evaluated on the corpus's
 # REAL queries (never seen in training) against the student init.     eval/reports/students.md
-#   bash eval/configs/students/classic-synth.sh cranfield 1400     (all documents; outputs in
-#   work/students/cranfield-synth-1400/)
+#   EPOCHS=0.5 bash eval/configs/students/classic-synth.sh cranfield 1400   (all documents, half an
+#   epoch over their ~4,150 synthetic queries = 131 steps; outputs in work/students/cranfield-synth-1400/)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-C=${1:-cranfield}; MAXDOCS=${2:-300}
+C=${1:-cranfield}; MAXDOCS=${2:-300}; EPOCHS=${EPOCHS:-1}
 D=../shared/data/classic/$C
 W=work/students/$C-synth-$MAXDOCS
 mkdir -p $W
@@ -40,7 +40,7 @@ train:
   losses: [{name: margin_mse, options: {teacher_scale: 0.1}}, {name: infonce, weight: 0.1}]
   n_negatives: 3
   negative_depth: 20
-  epochs: 1
+  epochs: $EPOCHS
   batch_size: 16
   lr: 2.0e-5
   max_seq_length: 256
