@@ -160,3 +160,35 @@ def test_fit_colbert_output_and_settings_are_checked_first(adi, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other", "rel"]
     monkeypatch.chdir(other)
     assert build_teacher(spec).dim == 8
+
+
+def test_fit_colbert_cli_reports_bad_input_in_one_line(adi, tmp_path):
+    """`rd teacher fit-colbert` on bad input (missing model, malformed or unknown-docid
+    candidates, no positive qrels): exit 2 and one `error:` line naming the culprit."""
+    from typer.testing import CliRunner
+
+    from retrieval_distill.cli import app
+
+    cand = tmp_path / "c.trec"
+    nopos = tmp_path / "nopos"
+    (nopos / "qrels").mkdir(parents=True)
+    for f in ("corpus.jsonl", "queries.jsonl"):
+        (nopos / f).symlink_to(adi.root / f)
+    (nopos / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t17\t0\n")
+
+    def run(model="all-MiniLM-L6-v2", dataset=adi.root):
+        return CliRunner().invoke(app, ["teacher", "fit-colbert", "--model", str(model), "--dataset", str(dataset), "--split", "test",
+                                        "--candidates", str(cand), "-o", str(tmp_path / "out"), "--dim", "8", "--epochs", "1"])  # fmt: skip
+
+    cand.write_text("1 Q0 17 1 1.0 x\n")
+    r = run(model=tmp_path / "no-model")
+    assert r.exit_code == 2 and "error: model" in r.output and "not found" in r.output, r.output
+    cand.write_text("1 Q0 17 1 1.0 x\n1 Q0 nosuchdoc 2 0.5 x\n")
+    r = run()
+    assert r.exit_code == 2 and "c.trec:2: unknown docid 'nosuchdoc'" in r.output, r.output
+    r = run(dataset=nopos)
+    assert r.exit_code == 2 and "none of the 1 training queries has a positive qrels entry" in r.output, r.output
+    cand.write_text("1 Q0 17 1\n")
+    r = run()
+    assert r.exit_code == 2 and "c.trec:1: expected 6 columns" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out").exists()

@@ -161,3 +161,24 @@ def test_sigkill_mid_run_then_resume_is_exactly_once(adi, adi_bm25_run, teacher,
     assert len(resumed) == 350 and not resumed.duplicated(["qid", "docid", "teacher"]).any()
     assert _pairs(resumed) == _pairs(ref)
     np.testing.assert_allclose(resumed.score.to_numpy(), ref.score.to_numpy(), atol=1e-6)
+
+
+def test_score_cli_reports_bad_input_in_one_line(adi, tmp_path):
+    """`rd teacher score` on bad input: exit 2 and one `error: file:line: ...` line, not a
+    traceback; no score folder is left behind."""
+    from typer.testing import CliRunner
+
+    from retrieval_distill.cli import app
+
+    cand = tmp_path / "c.trec"
+    base = ["teacher", "score", "-t", "bi_encoder:all-MiniLM-L6-v2", "--dataset", str(adi.root), "--split", "test",
+            "--candidates", str(cand), "-o", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    for text, msg in (("1 Q0 17 1 1.0 x\n2 Q0 nosuchdoc 1 1.0 x\n", "c.trec:2: unknown docid 'nosuchdoc'"),
+                      ("1 Q0 17 1 1.0 x\nbad line\n", "c.trec:2: expected 6 columns")):  # fmt: skip
+        cand.write_text(text)
+        r = CliRunner().invoke(app, base)
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+    cand.write_text("1 Q0 17 1 1.0 x\n")
+    r = CliRunner().invoke(app, base[:3] + ["bi_encoder:" + str(tmp_path / "no-model")] + base[4:])
+    assert r.exit_code == 2 and "error: model" in r.output and "not found" in r.output, r.output
+    assert not (tmp_path / "o").exists()

@@ -44,6 +44,20 @@ def _logging():
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _errors():
+    """The bad-input errors a teacher command reports as one ``error: ...`` line (exit 2)."""
+    from retrieval_distill.teachers.scoring import IncompleteScores, ScoreFileMismatch
+
+    # ValueError covers DataFormatError, RunFormatError and pydantic's ValidationError;
+    # FileNotFoundError covers ModelNotFoundError
+    return (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, ScoreFileMismatch, IncompleteScores)
+
+
+def _fail(e: Exception):
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
 @app.command("score")
 def score_cmd(
     teacher: str = typer.Option(..., "--teacher", "-t", help="spec file (JSON/YAML), inline JSON, or kind:model"),
@@ -63,21 +77,24 @@ def score_cmd(
     from retrieval_distill.teachers.base import parse_spec
     from retrieval_distill.teachers.scoring import score_candidates
 
-    spec = parse_spec(teacher, _options(option))
-    coll = load_dataset(dataset, split)
-    m = score_candidates(
-        spec,
-        candidates,
-        coll.queries,
-        coll.doc_text,
-        output,
-        corpus_ids=coll.corpus.keys(),
-        queries_per_shard=queries_per_shard,
-        overwrite=overwrite,
-        backend=backend,
-        progress=progress,
-        max_shards=max_shards,
-    )
+    try:
+        spec = parse_spec(teacher, _options(option))
+        coll = load_dataset(dataset, split)
+        m = score_candidates(
+            spec,
+            candidates,
+            coll.queries,
+            coll.doc_text,
+            output,
+            corpus_ids=coll.corpus.keys(),
+            queries_per_shard=queries_per_shard,
+            overwrite=overwrite,
+            backend=backend,
+            progress=progress,
+            max_shards=max_shards,
+        )
+    except _errors() as e:
+        _fail(e)
     c = m["counts"]
     lr = m["last_run"]
     typer.echo(
@@ -95,10 +112,34 @@ def _read_qids(path: Path | None) -> set[str]:
     return {line.split()[0] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
-def _ranked(run: dict[str, dict[str, float]]) -> dict[str, list[str]]:
-    from retrieval_distill.evaluation.runs import trec_order
+def _ranked(path: Path, corpus=None) -> dict[str, list[str]]:
+    """The candidate run at ``path`` as qid -> docids in rank order.
 
+    Raises:
+        DataFormatError: a docid that is not in ``corpus`` (``file:line``).
+    """
+    from retrieval_distill.data.collections import DataFormatError
+    from retrieval_distill.evaluation.runs import iter_run_lines, read_run, trec_order
+
+    run = read_run(path)
+    if corpus is not None and any(d not in corpus for r in run.values() for d in r):
+        for lineno, _q, d, *_ in iter_run_lines(path):
+            if d not in corpus:
+                raise DataFormatError(f"{path}:{lineno}: unknown docid {d!r} (not in the corpus)")
     return {q: [d for d, _ in trec_order(r)] for q, r in run.items()}
+
+
+def _training_queries(dataset: str, split: str | None, coll, exclude_qids: Path | None) -> dict[str, str]:
+    """The fit's training queries (all but the held-out ones).
+
+    Raises:
+        ValueError: none of them has a positive qrels entry.
+    """
+    held = _read_qids(exclude_qids)
+    queries = {q: t for q, t in coll.queries.items() if q not in held}
+    if not any(g > 0 for q in queries for g in coll.qrels.get(q, {}).values()):
+        raise ValueError(f"{dataset}" + (f" (split {split})" if split else "") + f": none of the {len(queries)} training queries has a positive qrels entry")
+    return queries
 
 
 @app.command("fit")
@@ -122,21 +163,23 @@ def fit_cmd(
     """Train a cross-encoder teacher from a backbone on qrels plus mined hard negatives."""
     _logging()
     from retrieval_distill.data.collections import load_collection
-    from retrieval_distill.evaluation.runs import read_run
     from retrieval_distill.teachers.fit import fit_cross_encoder
     from retrieval_distill.teachers.scoring import scores_dict
 
-    coll = load_collection(dataset, split=split)
-    held = _read_qids(exclude_qids)
-    queries = {q: t for q, t in coll.queries.items() if q not in held}
-    distill = scores_dict(distill_scores) if distill_scores else None
-    if distill:
-        distill = {q: v for q, v in distill.items() if q not in held}
-    path = fit_cross_encoder(
-        backbone, queries, coll.qrels, _ranked(read_run(candidates)), coll.doc_text, output,
-        negatives=negatives, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
-        max_steps=max_steps, seed=seed, distill_scores=distill, distill_epochs=distill_epochs,
-    )  # fmt: skip
+    try:
+        coll = load_collection(dataset, split=split)
+        held = _read_qids(exclude_qids)
+        queries = _training_queries(dataset, split, coll, exclude_qids)
+        distill = scores_dict(distill_scores) if distill_scores else None
+        if distill:
+            distill = {q: v for q, v in distill.items() if q not in held}
+        path = fit_cross_encoder(
+            backbone, queries, coll.qrels, _ranked(candidates, coll.corpus), coll.doc_text, output,
+            negatives=negatives, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
+            max_steps=max_steps, seed=seed, distill_scores=distill, distill_epochs=distill_epochs,
+        )  # fmt: skip
+    except _errors() as e:
+        _fail(e)
     typer.echo(f"wrote {path}: {(path / 'fit.json').read_text()}")
 
 
@@ -159,16 +202,17 @@ def fit_colbert_cmd(
     """Fit a ColBERT teacher's linear projection (frozen encoder) on qrels plus hard and in-batch negatives."""
     _logging()
     from retrieval_distill.data.collections import load_collection
-    from retrieval_distill.evaluation.runs import read_run
     from retrieval_distill.teachers.fit import fit_colbert_projection
 
-    coll = load_collection(dataset, split=split)
-    held = _read_qids(exclude_qids)
-    queries = {q: t for q, t in coll.queries.items() if q not in held}
-    path = fit_colbert_projection(
-        model, queries, coll.qrels, _ranked(read_run(candidates)), coll.doc_text, output, dim=dim, negatives=negatives,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, options={"doc_maxlen": doc_maxlen},
-    )  # fmt: skip
+    try:
+        coll = load_collection(dataset, split=split)
+        queries = _training_queries(dataset, split, coll, exclude_qids)
+        path = fit_colbert_projection(
+            model, queries, coll.qrels, _ranked(candidates, coll.corpus), coll.doc_text, output, dim=dim, negatives=negatives,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, options={"doc_maxlen": doc_maxlen},
+        )  # fmt: skip
+    except _errors() as e:
+        _fail(e)
     typer.echo(f"wrote {path}: {(path / 'fit.json').read_text()}")
     typer.echo(f"score with: rd teacher score -t {path / 'teacher.json'} ...")
 
@@ -187,7 +231,6 @@ def fit_weights_cmd(
     """Choose ensemble weights on dev by nDCG@10 and write the spec with them."""
     _logging()
     from retrieval_distill.data.collections import load_collection
-    from retrieval_distill.evaluation.runs import read_run
     from retrieval_distill.teachers.base import build_teacher, parse_spec
     from retrieval_distill.utils import write_json_atomic
 
@@ -195,7 +238,7 @@ def fit_weights_cmd(
     if spec.kind != "ensemble":
         raise typer.BadParameter("fit-weights needs an ensemble spec")
     coll = load_collection(dataset, split=split)
-    ranked = _ranked(read_run(candidates))
+    ranked = _ranked(candidates, coll.corpus)
     keep = _read_qids(qids)
     if keep:
         ranked = {q: v for q, v in ranked.items() if q in keep}
