@@ -236,3 +236,19 @@ def test_fit_weights_cli_output_is_a_spec_score_accepts(adi, adi_bm25_run, tmp_p
     assert saved["fit"]["metric"] == "ndcg@10" and saved["fit"]["queries"] > 0
     loaded = parse_spec(str(out))
     assert loaded.kind == "ensemble" and loaded.weights == saved["weights"] and abs(sum(loaded.weights) - 1) < 1e-6
+
+
+def test_parse_spec_bad_file_is_named(tmp_path):
+    """A spec file that is not valid JSON/YAML names the file; a missing .json path is a
+    missing file (it used to be read as the shorthand kind 'nosuch.json')."""
+    f = tmp_path / "t.json"
+    f.write_text('{"kind": "bi_encoder", "model": \n')
+    with pytest.raises(ValueError, match=r"t.json: teacher spec is not valid JSON"):
+        parse_spec(str(f))
+    y = tmp_path / "t.yaml"
+    y.write_text("kind: [bm25\n")
+    with pytest.raises(ValueError, match=r"t.yaml: teacher spec is not valid YAML"):
+        parse_spec(str(y))
+    with pytest.raises(FileNotFoundError, match=r"nosuch.json: teacher spec file does not exist"):
+        parse_spec(str(tmp_path / "nosuch.json"))
+    assert parse_spec("bm25").kind == "bm25"

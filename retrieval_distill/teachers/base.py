@@ -124,7 +124,9 @@ def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
     shorthand (``bi_encoder:all-MiniLM-L6-v2``, ``bm25``); ``options`` are merged in.
 
     Raises:
-        ValueError: text that is none of these, or a spec that does not validate.
+        ValueError: text that is none of these, a spec file that does not parse (named), or a
+            spec that does not validate.
+        FileNotFoundError: a ``.json``/``.yaml``/``.yml`` spec path that does not exist.
     """
     import json
     from pathlib import Path
@@ -133,12 +135,19 @@ def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
     p = Path(text)
     if p.is_file():
         raw = p.read_text(encoding="utf-8")
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
 
-            data = yaml.safe_load(raw)
-        else:
-            data = json.loads(raw)
+                data = yaml.safe_load(raw)
+            else:
+                data = json.loads(raw)
+        except ValueError as e:  # json.JSONDecodeError
+            raise ValueError(f"{p}: teacher spec is not valid JSON: {e}") from None
+        except Exception as e:  # yaml.YAMLError
+            raise ValueError(f"{p}: teacher spec is not valid YAML: {e}") from None
+    elif p.suffix in (".json", ".yaml", ".yml") and not text.startswith("{"):
+        raise FileNotFoundError(f"{p}: teacher spec file does not exist")
     elif text.startswith("{"):
         try:
             data = json.loads(text)
