@@ -81,3 +81,20 @@ def test_bad_models(tmp_path):
         build_teacher({"kind": "cross_encoder", "model": str(tmp_path / "no-such-model")})
     with pytest.raises(ValueError, match="not a cross-encoder"):
         build_teacher({"kind": "cross_encoder", "model": "all-MiniLM-L6-v2"})
+
+
+def test_fit_refuses_to_replace_a_foreign_folder(tmp_path):
+    """rd teacher fit replaces its own earlier output (with fit.json) but never a folder it did
+    not write: checked before the backbone is loaded, and the folder is left as it was."""
+    from retrieval_distill.teachers.fit import fit_cross_encoder
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a rd teacher fit output folder"):
+        fit_cross_encoder("all-MiniLM-L6-v2", {"q": "x"}, {"q": {"d": 1}}, {"q": ["d"]}, lambda d: "x", precious)
+    assert (precious / "keep.txt").read_text() == "mine" and len(list(precious.iterdir())) == 1
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(FileExistsError):
+        fit_cross_encoder("all-MiniLM-L6-v2", {"q": "x"}, {"q": {"d": 1}}, {"q": ["d"]}, lambda d: "x", afile)

@@ -35,6 +35,13 @@ from retrieval_distill.utils import write_json_atomic
 log = logging.getLogger(__name__)
 
 
+def _refuse_foreign_output(output: Path, command: str) -> None:
+    """Raise FileExistsError when ``output`` is a file or a non-empty folder that an earlier fit
+    did not write (no ``fit.json``): a fit replaces its output folder, never anything else."""
+    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / "fit.json").is_file()):
+        raise FileExistsError(f"{output}: exists and is not a {command} output folder (no fit.json); not replacing it")
+
+
 def mine_examples(
     queries: dict[str, str],
     qrels: dict[str, dict[str, int]],
@@ -99,6 +106,8 @@ def fit_cross_encoder(
     Raises:
         ModelNotFoundError: the backbone cannot be resolved.
         ValueError: no training rows (no query with positive qrels).
+        FileExistsError: ``output`` is a file, or a non-empty folder without ``fit.json``
+            (checked before any work; nothing is written).
     """
     import torch
     from datasets import Dataset
@@ -110,6 +119,7 @@ def fit_cross_encoder(
 
     t0 = time.perf_counter()
     output = Path(output)
+    _refuse_foreign_output(output, "rd teacher fit")
     torch.manual_seed(seed)
     random.seed(seed)
     model = CrossEncoder(resolve_model(backbone), num_labels=1, max_length=max_length, device="cpu")
@@ -248,8 +258,7 @@ def fit_colbert_projection(
     for name, v, least in (("dim", dim, 1), ("epochs", epochs, 0), ("batch_size", batch_size, 1), ("negatives", negatives, 0)):
         if v < least:
             raise ValueError(f"{name} must be >= {least}, got {v}")
-    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / "fit.json").is_file()):
-        raise FileExistsError(f"{output}: exists and is not a fit-colbert output folder (no fit.json); not replacing it")
+    _refuse_foreign_output(output, "fit-colbert")
     opts = {k: v for k, v in (options or {}).items() if k != "projection"}
     teacher = ColBERTTeacher(TeacherSpec(kind="colbert", model=model, options=opts))
     hidden = int(teacher.model.config.hidden_size)
