@@ -42,6 +42,20 @@ def _refuse_foreign_output(output: Path, command: str) -> None:
         raise FileExistsError(f"{output}: exists and is not a {command} output folder (no fit.json); not replacing it")
 
 
+def query_tuples(
+    queries: dict[str, str], qrels: dict[str, dict[str, int]], candidates: dict[str, list[str]], negatives: int
+) -> list[tuple[str, list[str], list[str]]]:
+    """``(qid, positives, hard negatives)`` for every query with a judged positive (grade > 0):
+    the negatives are the top ``negatives`` candidates (rank order) that are not judged at all."""
+    out = []
+    for q in queries:
+        pos = [d for d, g in qrels.get(q, {}).items() if g > 0]
+        if pos:
+            judged = set(qrels.get(q, {}))
+            out.append((q, pos, [d for d in candidates.get(q, []) if d not in judged][:negatives]))
+    return out
+
+
 def mine_examples(
     queries: dict[str, str],
     qrels: dict[str, dict[str, int]],
@@ -57,12 +71,8 @@ def mine_examples(
         ``{"query": [...], "passage": [...], "label": [float, ...]}``, shuffled with ``seed``.
     """
     rows = []
-    for q, text in queries.items():
-        pos = [d for d, g in qrels.get(q, {}).items() if g > 0]
-        if not pos:
-            continue
-        judged = set(qrels.get(q, {}))
-        neg = [d for d in candidates.get(q, []) if d not in judged][:negatives]
+    for q, pos, neg in query_tuples(queries, qrels, candidates, negatives):
+        text = queries[q]
         rows += [(text, doc_text(d), 1.0) for d in pos] + [(text, doc_text(d), 0.0) for d in neg]
     random.Random(seed).shuffle(rows)
     return {"query": [r[0] for r in rows], "passage": [r[1] for r in rows], "label": [r[2] for r in rows]}
@@ -264,12 +274,7 @@ def fit_colbert_projection(
     hidden = int(teacher.model.config.hidden_size)
     if dim > hidden:
         raise ValueError(f"dim {dim} exceeds the encoder's hidden size {hidden}")
-    tuples = []  # (qid, [positives], [hard negatives])
-    for q in queries:
-        pos = [d for d, g in qrels.get(q, {}).items() if g > 0]
-        if pos:
-            judged = set(qrels.get(q, {}))
-            tuples.append((q, pos, [d for d in candidates.get(q, []) if d not in judged][:negatives]))
+    tuples = query_tuples(queries, qrels, candidates, negatives)
     if not tuples:
         raise ValueError("fit_colbert_projection: no training query has positive qrels")
     qids = [t[0] for t in tuples]
