@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from retrieval_distill.teachers import build_teacher
+from retrieval_distill.teachers.base import parse_spec
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +98,7 @@ def test_fit_colbert_projection_learns_on_adi(adi, adi_bm25_run, tmp_path):
     assert fit["queries"] == len([q for q in adi.queries if any(g > 0 for g in adi.qrels.get(q, {}).values())])
     assert fit["loss_history"][-1]["loss"] < 0.8 * fit["loss_history"][0]["loss"]
     assert tuple(torch.load(out / "projection.pt").shape) == (32, 384)
-    spec = json.loads((out / "teacher.json").read_text())
-    fitted = build_teacher(spec)
+    fitted = build_teacher(parse_spec(str(out / "teacher.json")))  # the projection is named relative to the spec file
     zero = build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128}})
     assert fitted.dim == 32 and fitted.fingerprint != zero.fingerprint
     cands = read_run(run)
@@ -155,11 +155,12 @@ def test_fit_colbert_output_and_settings_are_checked_first(adi, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     fit_colbert_projection(*args, "rel", dim=8, epochs=1, progress=False)
     spec = json.loads((tmp_path / "rel" / "teacher.json").read_text())
-    assert spec["options"]["projection"] == str(tmp_path / "rel" / "projection.pt")
+    assert spec["options"]["projection"] == "projection.pt"  # relative to teacher.json: the folder can move
     fit_colbert_projection(*args, "rel", dim=8, epochs=1, progress=False)  # a previous fit's folder is replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other", "rel"]
     monkeypatch.chdir(other)
-    assert build_teacher(spec).dim == 8
+    (tmp_path / "rel").rename(tmp_path / "moved")
+    assert build_teacher(parse_spec(str(tmp_path / "moved" / "teacher.json"))).dim == 8
 
 
 def test_fit_colbert_cli_reports_bad_input_in_one_line(adi, tmp_path):

@@ -13,6 +13,8 @@ teachers reuse cached document vectors) also implement
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -169,4 +171,19 @@ def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
         raise ValueError(f"invalid teacher spec {text[:80]!r}: {e}") from None
     if options:
         spec.options = {**spec.options, **options}
+    if p.is_file():
+        _resolve_relative_files(spec, p.parent)
     return spec
+
+
+def _resolve_relative_files(spec: TeacherSpec, folder) -> None:
+    """A spec file may name files relative to its own folder (``rd teacher fit-colbert`` writes
+    ``"projection": "projection.pt"`` beside ``teacher.json``, so the folder can be moved or
+    copied): such a path is made absolute when it exists there; other paths are left as they
+    are (relative to the working directory)."""
+    proj = spec.options.get("projection")
+    if isinstance(proj, str) and proj not in ("identity", "checkpoint") and not Path(proj).is_absolute():
+        if (folder / proj).exists():
+            spec.options = {**spec.options, "projection": str((folder / proj).absolute())}
+    for m in spec.members:
+        _resolve_relative_files(m, folder)

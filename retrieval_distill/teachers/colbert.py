@@ -28,7 +28,8 @@ Two ways to build one:
 * **Fitted** (``rd teacher fit-colbert``, :func:`~retrieval_distill.teachers.fit.fit_colbert_projection`):
   the encoder stays frozen and a linear projection (hidden -> ``dim``, 128 as in ColBERT) is
   trained on qrels with mined hard negatives and in-batch negatives; it is saved as
-  ``projection.pt`` beside a ``teacher.json`` spec that names it.
+  ``projection.pt`` beside a ``teacher.json`` spec that names it (relative to the spec file, so the
+  folder can be moved; :func:`~retrieval_distill.teachers.base.parse_spec` resolves it).
 
 Document-side work is cached: token embeddings of each document are computed once (by
 docid in :meth:`ColBERTTeacher.score_ids`, or preloaded by the scoring job's document

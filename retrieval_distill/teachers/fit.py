@@ -264,7 +264,7 @@ def fit_colbert_projection(
     from retrieval_distill.teachers.colbert import ColBERTTeacher
 
     t0 = time.perf_counter()
-    output = Path(output).absolute()  # teacher.json names projection.pt by this path: absolute, so it works from any folder
+    output = Path(output).absolute()
     for name, v, least in (("dim", dim, 1), ("epochs", epochs, 0), ("batch_size", batch_size, 1), ("negatives", negatives, 0)):
         if v < least:
             raise ValueError(f"{name} must be >= {least}, got {v}")
@@ -327,8 +327,10 @@ def fit_colbert_projection(
     try:
         tmp.mkdir(parents=True)
         torch.save(w.detach().clone(), tmp / "projection.pt")
-        spec = {"kind": "colbert", "name": f"colbert-{output.name}", "model": model,
-                "options": {**opts, "projection": str(output / "projection.pt")}}  # fmt: skip
+        # the projection is named relative to teacher.json (parse_spec resolves it against the
+        # spec file's folder), so the output folder can be moved or copied to another machine
+        name = output.name if output.name.startswith("colbert") else f"colbert-{output.name}"
+        spec = {"kind": "colbert", "name": name, "model": model, "options": {**opts, "projection": "projection.pt"}}
         write_json_atomic(tmp / "teacher.json", spec)
         card = {"model": model, "dim": dim, "hidden": hidden, "queries": len(tuples), "documents": len(docids), "negatives": negatives,
                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "init": "top singular vectors of document tokens",
