@@ -14,7 +14,6 @@ teachers reuse cached document vectors) also implement
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -131,7 +130,6 @@ def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
         FileNotFoundError: a ``.json``/``.yaml``/``.yml`` spec path that does not exist.
     """
     import json
-    from pathlib import Path
 
     text = text.strip()
     p = Path(text)
@@ -176,7 +174,7 @@ def parse_spec(text: str, options: dict[str, Any] | None = None) -> TeacherSpec:
     return spec
 
 
-def _resolve_relative_files(spec: TeacherSpec, folder) -> None:
+def _resolve_relative_files(spec: TeacherSpec, folder: Path) -> None:
     """A spec file may name files relative to its own folder (``rd teacher fit-colbert`` writes
     ``"projection": "projection.pt"`` beside ``teacher.json``, so the folder can be moved or
     copied): such a path is made absolute when it exists there; other paths are left as they

@@ -191,17 +191,15 @@ def fit_cross_encoder(
     return output
 
 
-def _pad(mats: list, dim: int):
-    """Stack variable-length token matrices: (len, max_n, dim) float32 and a bool mask."""
+def _pad(mats: list):
+    """Stack variable-length token matrices (torch's ``pad_sequence``, zero padding):
+    (len, max_n, dim) float32 and a bool mask of the real rows."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    n = max(m.shape[0] for m in mats)
-    x = torch.zeros((len(mats), n, dim), dtype=torch.float32)
-    mask = torch.zeros((len(mats), n), dtype=torch.bool)
-    for i, m in enumerate(mats):
-        x[i, : m.shape[0]] = torch.from_numpy(m.astype(np.float32))
-        mask[i, : m.shape[0]] = True
-    return x, mask
+    x = pad_sequence([torch.from_numpy(m.astype(np.float32)) for m in mats], batch_first=True)
+    lengths = torch.tensor([m.shape[0] for m in mats])
+    return x, torch.arange(x.shape[1])[None, :] < lengths[:, None]
 
 
 def fit_colbert_projection(
@@ -307,12 +305,12 @@ def fit_colbert_projection(
         total, n = 0.0, 0
         for a in range(0, len(order), batch_size):
             batch = [tuples[i] for i in order[a : a + batch_size]]
-            qx, qm = _pad([qe[q] for q, _, _ in batch], hidden)
+            qx, qm = _pad([qe[q] for q, _, _ in batch])
             docs, target = [], []
             for _, pos, neg in batch:
                 target.append(len(docs))
                 docs += [pos[int(rng.integers(len(pos)))]] + neg
-            dx, dm = _pad([de[d] for d in docs], hidden)
+            dx, dm = _pad([de[d] for d in docs])
             scores = maxsim(qx, qm.float(), dx, dm)
             loss = torch.nn.functional.cross_entropy(scores, torch.tensor(target))
             opt.zero_grad()
