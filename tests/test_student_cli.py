@@ -219,3 +219,37 @@ def test_leaf_targets_read_from_an_encoding_folder(adi, tmp_path):
     assert pre.misses == 1
     with pytest.raises(ValueError, match="not by the LEAF teacher 'all-mpnet-base-v2'"):
         _PreencodedDocuments(Encoder("all-mpnet-base-v2", show_progress=False), str(tmp_path / "enc"), adi)
+
+
+def test_ict_positives_replace_the_source_document(tmp_path):
+    """An ICT synth folder: the training example's positive is the masked document from
+    positives.jsonl (found through synth.json), the label keeps the teacher's score; a
+    positives file naming a non-positive is refused with file:line."""
+    from retrieval_distill.data.collections import DataFormatError
+    from retrieval_distill.distill.cli import StudentJob, prepare_examples
+    from retrieval_distill.distill.synth import synth_corpus
+    from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    synth = tmp_path / "ict"
+    res = synth_corpus(ADI, synth, seed=13, kinds=["ict"], max_docs=20)
+    coll = load_collection(synth, split="train")
+    index = build_bm25_index(coll, tmp_path / "bm25")
+    hits = BM25Searcher(index).batch_search(coll.queries, k=10)
+    lines = [f"{q} {d}" for q, hs in hits.items() for d in dict.fromkeys([h.docid for h in hs] + list(coll.qrels[q]))]
+    (tmp_path / "cands.txt").write_text("\n".join(lines) + "\n")
+    teacher = {"kind": "bm25", "name": "bm25", "options": {"index": str(index)}}
+    texts = {d: coll.doc_text(d) for d in coll.corpus}
+    score_candidates(teacher, tmp_path / "cands.txt", coll.queries, texts, tmp_path / "scores", progress=False)
+    job = StudentJob(collection=str(synth), candidates=str(tmp_path / "cands.txt"), scores=str(tmp_path / "scores"),
+                     teacher=teacher, output=str(tmp_path / "out"), train={"n_negatives": 3, "negative_depth": 9})
+    examples, facts = prepare_examples(job)
+    assert facts["data"]["positive_texts"] == str(synth / "positives.jsonl")
+    masked = {t for r in res.positive_texts.values() for t in r.values()}
+    assert len(examples) == 20 and all(ex["positive"] in masked for ex in examples)
+    sources = {coll.doc_text(d) for r in coll.qrels.values() for d in r}
+    assert sum(ex["positive"] in sources for ex in examples) <= 4  # only the ~10% kept whole
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"qid": "synth-ict-1", "docid": "2", "text": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:1: \(synth-ict-1, 2\) is not a positive"):
+        prepare_examples(job.model_copy(update={"positive_texts": str(bad)}))

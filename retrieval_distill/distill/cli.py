@@ -11,6 +11,8 @@ A student config (YAML, validated by :class:`StudentJob`)::
     split: train
     candidates: work/scifact/candidates/train.trec   # TREC run (or any rd teacher score input)
     scores: work/scifact/teacher/scores/train        # score folder: part-*.parquet + manifest.json
+    positive_texts: null                             # optional positives.jsonl (ICT masked documents);
+                                                     # a synth folder's own is used when this is unset
     teacher: {kind: ensemble, name: ens, ...}        # or just the teacher's name; must match the scores
     teacher_fingerprint: null                        # optional: must equal the manifest's
     output: work/scifact/models/student-listwise
@@ -177,6 +179,7 @@ class StudentJob(BaseModel):
     max_examples: int | None = None
     candidates: str
     scores: str
+    positive_texts: str | None = None
     teacher: TeacherSpec | str
     teacher_fingerprint: str | None = None
     output: str
@@ -239,6 +242,21 @@ def check_score_folder(scores_dir: str | os.PathLike, teacher: TeacherSpec | str
     return m
 
 
+def positive_texts_path(job: StudentJob) -> Path | None:
+    """The positives' training texts: the config's ``positive_texts``, else the one a
+    ``rd queries synth --kinds ict`` folder names in its ``synth.json`` (so an ICT query is
+    never trained against the document it was cut from), else ``None``."""
+    if job.positive_texts:
+        return Path(job.positive_texts)
+    info = Path(job.collection) / "synth.json"
+    if info.is_file():
+        name = json.loads(info.read_text(encoding="utf-8")).get("positive_texts")
+        if name:
+            log.info("positive texts from %s (named by %s)", Path(job.collection) / name, info)
+            return Path(job.collection) / name
+    return None
+
+
 def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
     """Check the inputs and build the training examples (no model is loaded here).
 
@@ -250,7 +268,7 @@ def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
         TrainingDataError (non-finite scores, no positive, empty training set).
     """
     from retrieval_distill.data.collections import load_collection
-    from retrieval_distill.distill.data import TrainingDataError, build_examples
+    from retrieval_distill.distill.data import TrainingDataError, build_examples, read_positive_texts
     from retrieval_distill.teachers.scoring import read_candidates, read_scores
 
     manifest = check_score_folder(job.scores, job.teacher, job.teacher_fingerprint)
@@ -277,8 +295,11 @@ def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
     with_cands = [q for q in qids if q in cands]
     if not with_cands:
         raise TrainingDataError(f"{job.candidates}: no candidates for any of the {len(qids)} training queries")
+    pos_path = positive_texts_path(job)
+    pos_texts = read_positive_texts(pos_path, coll) if pos_path else None
     examples = build_examples(
-        coll, with_cands, cands, scores, n_negatives=job.train.n_negatives, negative_depth=job.train.negative_depth, seed=job.train.seed
+        coll, with_cands, cands, scores, n_negatives=job.train.n_negatives, negative_depth=job.train.negative_depth,
+        seed=job.train.seed, positive_texts=pos_texts,
     )
     if job.max_examples is not None:
         examples = examples[: job.max_examples]
@@ -290,6 +311,7 @@ def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
             "queries": len(with_cands),
             "candidates": str(job.candidates),
             "scores": str(job.scores),
+            "positive_texts": str(pos_path) if pos_path else None,
             "examples": len(examples),
         },
     }
@@ -418,7 +440,8 @@ def train_cmd(
 def synth_cmd(
     corpus: str = typer.Argument(..., help="corpus.jsonl, a BEIR folder, or a local id like classic/adi"),
     out_dir: Path = typer.Argument(..., help="output folder (BEIR layout: queries.jsonl, qrels/<split>.tsv)"),
-    kinds: str = typer.Option("title,sentence,keywords", help="comma-separated: title, sentence, keywords"),
+    kinds: str = typer.Option("title,sentence,keywords", help="comma-separated: title, sentence, keywords, ict (sentence query, positive without it)"),
+    ict_keep: float = typer.Option(0.1, help="probability that an ict positive keeps its query sentence (Lee et al. 2019: 0.1)"),
     seed: int = typer.Option(13, help="seed of every random choice"),
     split: str = typer.Option("train", help="qrels split name"),
     max_docs: int = typer.Option(None, help="use a seeded sample of this many documents"),
@@ -430,7 +453,7 @@ def synth_cmd(
     from retrieval_distill.distill.synth import synth_corpus
 
     try:
-        res = synth_corpus(corpus, out_dir, kinds=[k.strip() for k in kinds.split(",") if k.strip()], seed=seed, split=split, max_docs=max_docs, link_corpus=link_corpus)
+        res = synth_corpus(corpus, out_dir, kinds=[k.strip() for k in kinds.split(",") if k.strip()], seed=seed, split=split, max_docs=max_docs, link_corpus=link_corpus, ict_keep=ict_keep)
     except (FileNotFoundError, DataFormatError, ValueError, FileExistsError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -26,6 +26,7 @@ def build_examples(
     n_negatives: int = 3,
     negative_depth: int = 30,
     seed: int = 13,
+    positive_texts: dict[str, dict[str, str]] | None = None,
 ) -> list[dict]:
     """Build n-tuple examples for margin-MSE / listwise losses.
 
@@ -38,6 +39,9 @@ def build_examples(
         negative_depth: negatives are sampled from the teacher's top ``negative_depth``
             non-relevant candidates (hard negatives scored by the teacher).
         seed: sampling seed.
+        positive_texts: qid -> {docid: text} replacing a positive's corpus text for that
+            query (the Inverse Cloze Task's masked documents, ``rd queries synth --kinds
+            ict``); the teacher's score stays the one it gave the corpus document.
 
     Returns:
         dicts with keys ``query``, ``positive``, ``negative_1``..``negative_n`` (texts) and
@@ -68,7 +72,8 @@ def build_examples(
             if pos not in scores:
                 raise TrainingDataError(f"positive ({qid}, {pos}) has no teacher score")
             negs = rng.sample(pool, n_negatives)
-            ex = {"query": collection.queries[qid], "positive": collection.doc_text(pos)}
+            text = (positive_texts or {}).get(qid, {}).get(pos)
+            ex = {"query": collection.queries[qid], "positive": text if text is not None else collection.doc_text(pos)}
             for i, n in enumerate(negs, 1):
                 ex[f"negative_{i}"] = collection.doc_text(n)
             ex["label"] = [float(scores[pos])] + [float(scores[n]) for n in negs]
@@ -80,3 +85,27 @@ def build_examples(
         )
     rng.shuffle(examples)
     return examples
+
+
+def read_positive_texts(path, collection: Collection) -> dict[str, dict[str, str]]:
+    """Read a ``positives.jsonl`` (``qid``, ``docid``, ``text`` per line; written by
+    ``rd queries synth --kinds ict``).
+
+    Returns:
+        qid -> {docid: text}.
+
+    Raises:
+        FileNotFoundError: no such file. DataFormatError: a malformed line, or a (qid, docid)
+            that is not a positive in ``collection``'s qrels (``file:line``).
+    """
+    from retrieval_distill.data.collections import DataFormatError, read_jsonl
+
+    out: dict[str, dict[str, str]] = {}
+    for lineno, obj in read_jsonl(path):
+        q, d, t = obj.get("qid"), obj.get("docid"), obj.get("text")
+        if not isinstance(q, str) or not isinstance(d, str) or not isinstance(t, str) or not t.strip():
+            raise DataFormatError(f"{path}:{lineno}: a positive text needs string 'qid', 'docid' and a non-empty 'text'")
+        if collection.qrels.get(q, {}).get(d, 0) <= 0:
+            raise DataFormatError(f"{path}:{lineno}: ({q}, {d}) is not a positive in the qrels of {collection.name}")
+        out.setdefault(q, {})[d] = t
+    return out

@@ -8,6 +8,14 @@ paired with its source document as the positive:
 * ``sentence``: one sentence sampled from the body (the Inverse Cloze Task's pseudo-query,
   Lee et al. 2019, "Latent Retrieval for Weakly Supervised Open Domain Question
   Answering", arXiv:1906.00300), cut to ``sentence_words`` words;
+* ``ict``: the Inverse Cloze Task proper (Lee et al. 2019, section 4): a sampled sentence
+  is the query and the positive is the document *with that sentence removed* (kept in
+  with probability ``ict_keep``, 0.1 as in the paper, so lexical matching is not
+  unlearned). The masked texts go to ``positives.jsonl``; point a student config's
+  ``positive_texts`` at it. Without the removal a sentence query is a verbatim copy of
+  its positive, and a student learns to match copied words (measured on Cranfield in
+  ``eval/reports/students.md``). Not in the default kinds, which keep earlier outputs
+  byte-identical;
 * ``keywords``: 2-4 salient terms of the document, sampled from its top TF-IDF terms over
   the corpus (scikit-learn ``TfidfVectorizer``, English stop words removed) and kept in
   the order they first occur in the document (keyword queries as in doc2query-style
@@ -19,7 +27,8 @@ them as positives. The teacher then labels each query's candidates (``rd bm25 se
 
 Output (BEIR layout, each file written atomically): ``queries.jsonl`` (``_id``, ``text``,
 ``kind``), ``qrels/<split>.tsv`` (``query-id corpus-id score``, score 1),
-``synth.json`` (settings, counts, corpus fingerprint) and, by default, a
+``synth.json`` (settings, counts, corpus fingerprint), ``positives.jsonl`` when ``ict``
+queries exist (``qid``, ``docid``, ``text``: the positive's training text) and, by default, a
 ``corpus.jsonl`` symbolic link to the source corpus (never a copy), so the folder loads
 with ``load_collection(out_dir, split)``. Everything is seeded: the same corpus, settings
 and seed give byte-identical files.
@@ -37,7 +46,8 @@ from pathlib import Path
 from retrieval_distill.data.collections import DataFormatError, find_local, load_corpus
 from retrieval_distill.utils import fingerprint_files, write_json_atomic, write_text_atomic
 
-KINDS = ("title", "sentence", "keywords")
+KINDS = ("title", "sentence", "keywords", "ict")
+DEFAULT_KINDS = ("title", "sentence", "keywords")
 _SENT_SPLIT = re.compile(r"(?<=[.!?;])\s+")
 _WS = re.compile(r"\s+")
 # Words that are not in scikit-learn's English stop list but carry no topic in abstracts
@@ -59,13 +69,17 @@ class SynthQueries:
     Attributes:
         queries: qid -> query text.
         qrels: qid -> {docid: 1} (the source documents).
-        kinds: qid -> ``title`` / ``sentence`` / ``keywords``.
+        kinds: qid -> ``title`` / ``sentence`` / ``keywords`` / ``ict``.
+        positive_texts: qid -> {docid: training text of that positive} for ``ict`` queries
+            (the document, title first, with the query sentence removed or, with
+            probability ``ict_keep``, kept).
         stats: counts per kind, documents skipped per kind, merged duplicates.
     """
 
     queries: dict[str, str] = field(default_factory=dict)
     qrels: dict[str, dict[str, int]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
+    positive_texts: dict[str, dict[str, str]] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
 
 
@@ -80,37 +94,65 @@ def title_query(doc: dict[str, str], min_words: int = 2) -> str | None:
     return t if len(t.split()) >= min_words else None
 
 
+def _sentences(doc: dict[str, str], min_words: int) -> tuple[list[str], list[int]]:
+    """The body's sentences (as split) and the indexes of those usable as queries."""
+    title = _clean(doc.get("title", "") or "").lower()
+    sents = _SENT_SPLIT.split(doc.get("text", "") or "")
+    ok = [i for i, s in enumerate(sents) if len(_clean(s).split()) >= min_words and _clean(s).lower() != title]
+    return sents, ok
+
+
 def sentence_query(doc: dict[str, str], rng: random.Random, min_words: int = 5, max_words: int = 32) -> str | None:
     """A sentence sampled from the body (at least ``min_words`` words, cut to ``max_words``),
     never the title itself; ``None`` when no sentence is long enough."""
-    title = _clean(doc.get("title", "") or "").lower()
-    sents = [_clean(s) for s in _SENT_SPLIT.split(doc.get("text", "") or "")]
-    sents = [s for s in sents if len(s.split()) >= min_words and s.lower() != title]
-    if not sents:
+    sents, ok = _sentences(doc, min_words)
+    if not ok:
         return None
-    return " ".join(rng.choice(sents).split()[:max_words])
+    return " ".join(_clean(sents[rng.choice(ok)]).split()[:max_words])
+
+
+def ict_query(
+    doc: dict[str, str], rng: random.Random, min_words: int = 5, max_words: int = 32, keep: float = 0.1
+) -> tuple[str, str] | None:
+    """An Inverse Cloze Task pair (Lee et al. 2019, arXiv:1906.00300): ``(query, positive
+    text)`` where the query is a sampled body sentence (cut to ``max_words``) and the
+    positive text is ``"title body"`` without that sentence, except with probability
+    ``keep`` (then the whole document). ``None`` when no sentence is long enough or the
+    document has nothing left once the sentence is removed."""
+    sents, ok = _sentences(doc, min_words)
+    if not ok:
+        return None
+    i = rng.choice(ok)
+    query = " ".join(_clean(sents[i]).split()[:max_words])
+    kept = rng.random() < keep
+    body = sents if kept else sents[:i] + sents[i + 1 :]
+    text = f"{doc.get('title', '') or ''} {' '.join(s for s in body if s.strip())}".strip()
+    return (query, text) if text else None
 
 
 def synthesize_queries(
     corpus: dict[str, dict[str, str]],
-    kinds: tuple[str, ...] | list[str] = KINDS,
+    kinds: tuple[str, ...] | list[str] = DEFAULT_KINDS,
     seed: int = 13,
     keywords: tuple[int, int] = (2, 4),
     keyword_pool: int = 8,
     sentence_words: tuple[int, int] = (5, 32),
     max_docs: int | None = None,
+    ict_keep: float = 0.1,
 ) -> SynthQueries:
     """Make training queries from the documents of ``corpus``.
 
     Args:
         corpus: docid -> {"title", "text"} (as :func:`~retrieval_distill.data.collections.load_corpus`).
-        kinds: which kinds to make (subset of ``title``, ``sentence``, ``keywords``).
+        kinds: which kinds to make (subset of ``title``, ``sentence``, ``keywords``, ``ict``).
         seed: seeds every random choice (sentence picked, keywords sampled, documents sampled).
         keywords: (min, max) number of terms in a keyword query.
         keyword_pool: keyword terms are sampled from the document's top-``keyword_pool``
             TF-IDF terms.
         sentence_words: (min, max) words of a sentence query.
         max_docs: use a seeded sample of this many documents (all when ``None``).
+        ict_keep: probability that an ``ict`` positive keeps its query sentence (0.1 in
+            Lee et al. 2019).
 
     Returns:
         the queries, qrels and per-kind statistics.
@@ -125,6 +167,8 @@ def synthesize_queries(
         raise ValueError("empty corpus: nothing to make queries from")
     if not (1 <= keywords[0] <= keywords[1]) or keyword_pool < keywords[1]:
         raise ValueError(f"keywords={keywords} must satisfy 1 <= min <= max <= keyword_pool={keyword_pool}")
+    if not 0.0 <= ict_keep <= 1.0:
+        raise ValueError(f"ict_keep={ict_keep} must be a probability in [0, 1]")
     docids = list(corpus)
     if max_docs is not None and max_docs < len(docids):
         docids = sorted(random.Random(seed).sample(docids, max_docs), key=docids.index)
@@ -132,13 +176,15 @@ def synthesize_queries(
     by_text: dict[tuple[str, str], str] = {}
     stats = {"documents": len(docids), "seed": seed, "per_kind": {}, "skipped": {}, "merged_duplicates": 0}
 
-    def add(kind: str, docid: str, text: str | None) -> None:
+    def add(kind: str, docid: str, text: str | None, positive_text: str | None = None) -> None:
         if not text:
             stats["skipped"][kind] = stats["skipped"].get(kind, 0) + 1
             return
         key = (kind, text.lower())
         if key in by_text:  # the same query from another document: one query, both positive
             out.qrels[by_text[key]][docid] = 1
+            if positive_text is not None:
+                out.positive_texts[by_text[key]][docid] = positive_text
             stats["merged_duplicates"] += 1
             return
         qid = f"synth-{kind}-{docid}"
@@ -146,6 +192,8 @@ def synthesize_queries(
         out.queries[qid] = text
         out.qrels[qid] = {docid: 1}
         out.kinds[qid] = kind
+        if positive_text is not None:
+            out.positive_texts[qid] = {docid: positive_text}
         stats["per_kind"][kind] = stats["per_kind"].get(kind, 0) + 1
 
     keyword_terms = _salient_terms(corpus, docids, keyword_pool) if "keywords" in kinds else {}
@@ -157,6 +205,10 @@ def synthesize_queries(
         if "sentence" in kinds:
             rng = random.Random(f"{seed}:sentence:{docid}")
             add("sentence", docid, sentence_query(doc, rng, *sentence_words))
+        if "ict" in kinds:
+            rng = random.Random(f"{seed}:ict:{docid}")
+            pair = ict_query(doc, rng, *sentence_words, keep=ict_keep)
+            add("ict", docid, *(pair or (None,)))
         if "keywords" in kinds:
             rng = random.Random(f"{seed}:keywords:{docid}")
             pool = keyword_terms.get(docid, [])
@@ -240,6 +292,14 @@ def write_synth(
     rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, r in result.qrels.items() for d, g in r.items()]
     write_text_atomic(out / "qrels" / f"{split}.tsv", "\n".join(rows) + "\n")
     info = {"split": split, **(settings or {}), "stats": result.stats}
+    if result.positive_texts:
+        pos = [
+            json.dumps({"qid": q, "docid": d, "text": t}, ensure_ascii=False)
+            for q, r in result.positive_texts.items()
+            for d, t in r.items()
+        ]
+        write_text_atomic(out / "positives.jsonl", "\n".join(pos) + "\n")
+        info["positive_texts"] = "positives.jsonl"
     if corpus_path is not None:
         corpus_path = Path(corpus_path).resolve()
         info["corpus"] = str(corpus_path)
@@ -260,7 +320,7 @@ def write_synth(
 def synth_corpus(
     corpus: str | os.PathLike,
     out_dir: str | os.PathLike,
-    kinds: tuple[str, ...] | list[str] = KINDS,
+    kinds: tuple[str, ...] | list[str] = DEFAULT_KINDS,
     seed: int = 13,
     split: str = "train",
     max_docs: int | None = None,

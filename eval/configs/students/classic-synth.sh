@@ -4,14 +4,16 @@
 # REAL queries (never seen in training) against the student init.     eval/reports/students.md
 #   EPOCHS=0.5 bash eval/configs/students/classic-synth.sh cranfield 1400   (all documents, half an
 #   epoch over their ~4,150 synthetic queries = 131 steps; outputs in work/students/cranfield-synth-1400/)
+#   KINDS=ict bash eval/configs/students/classic-synth.sh cranfield 1400   (Inverse Cloze Task only:
+#   a body sentence as the query, the document without it as the positive; work/students/cranfield-synth-1400-ict/)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-C=${1:-cranfield}; MAXDOCS=${2:-300}; EPOCHS=${EPOCHS:-1}
+C=${1:-cranfield}; MAXDOCS=${2:-300}; EPOCHS=${EPOCHS:-1}; KINDS=${KINDS:-title,sentence,keywords}
 D=../shared/data/classic/$C
-W=work/students/$C-synth-$MAXDOCS
+W=work/students/$C-synth-$MAXDOCS$([ $KINDS = title,sentence,keywords ] || echo "-${KINDS//,/-}")
 mkdir -p $W
-[ -f $W/synth/queries.jsonl ] || rd queries synth classic/$C $W/synth --max-docs $MAXDOCS --seed 13
+[ -f $W/synth/queries.jsonl ] || rd queries synth classic/$C $W/synth --max-docs $MAXDOCS --seed 13 --kinds $KINDS
 [ -d $W/bm25 ] || rd bm25 index $D $W/bm25
 [ -f $W/init-index/CURRENT ] || rd index build --model all-MiniLM-L6-v2 --dataset $D --split test --out $W/init-index
 # candidates of the synthetic queries: BM25 top-20 and MiniLM top-20, plus the source document
