@@ -252,3 +252,45 @@ def test_parse_spec_bad_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nosuch.json: teacher spec file does not exist"):
         parse_spec(str(tmp_path / "nosuch.json"))
     assert parse_spec("bm25").kind == "bm25"
+
+
+def test_other_teacher_commands_report_bad_input_in_one_line(adi, adi_bm25_run, tmp_path):
+    """fit-weights, evaluate, import-hofstatter and export-hofstatter: exit 2 with one
+    `error: ...` line naming the problem, never a traceback, nothing written."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conftest import ADI
+    from retrieval_distill.cli import app
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    index, run_path = adi_bm25_run
+    run = read_run(run_path)
+    cands = tmp_path / "c.trec"
+    cands.write_text("".join(f"{q} Q0 {d} {i + 1} {s} bm25\n" for q in sorted(run)[:3] for i, (d, s) in enumerate(run[q].items())))
+    bm25 = {"kind": "bm25", "name": "bm25", "options": {"index": str(index)}}
+    ens = json.dumps({"kind": "ensemble", "name": "e", "members": [bm25, dict(bm25, name="bm25b")]})
+    scores = tmp_path / "scores"
+    score_candidates(bm25, cands, adi.queries, adi.doc_text, scores, progress=False)
+    other = tmp_path / "other.qids"
+    other.write_text("nosuchqid\n")
+    bad_tsv = tmp_path / "bad.tsv"
+    bad_tsv.write_text("1.0\t2.0\tq1\tp1\tn1\n1.0\tx\tq1\tp1\n")
+    fw = ["teacher", "fit-weights", "--dataset", str(ADI), "--split", "test", "--candidates", str(cands), "-o", str(tmp_path / "w.json")]
+    cases = [
+        (fw + ["-t", json.dumps(bm25)], "needs an ensemble spec, got kind 'bm25'"),
+        (fw + ["-t", ens, "--grid", "0,half"], "--grid '0,half': expected comma-separated numbers"),
+        (fw + ["-t", ens, "--qids", str(tmp_path / "none.qids")], "none.qids: qids file does not exist"),
+        (["teacher", "evaluate", str(tmp_path / "nofolder"), "--dataset", str(ADI)], "nofolder: no manifest.json"),
+        (["teacher", "evaluate", str(scores), "--dataset", str(ADI), "--split", "test", "--qids", str(other)],
+         "none of its 3 queries is judged in"),
+        (["teacher", "import-hofstatter", str(bad_tsv), str(tmp_path / "imp")], "bad.tsv:2: expected 5 columns"),
+        (["teacher", "export-hofstatter", str(scores), str(tmp_path / "x.tsv")], "give --dataset"),
+    ]
+    for args, msg in cases:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and f"error: " in r.output and msg in r.output and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "w.json").exists() and not (tmp_path / "x.tsv").exists() and not (tmp_path / "imp").exists()
+    r = CliRunner().invoke(app, ["teacher", "evaluate", str(scores), "--dataset", str(ADI), "--split", "test"])
+    assert r.exit_code == 0 and json.loads(r.output)["queries"] == 3, r.output

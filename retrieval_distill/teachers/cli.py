@@ -109,6 +109,8 @@ def score_cmd(
 def _read_qids(path: Path | None) -> set[str]:
     if path is None:
         return set()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: qids file does not exist")
     return {line.split()[0] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
@@ -234,16 +236,28 @@ def fit_weights_cmd(
     from retrieval_distill.teachers.base import build_teacher, parse_spec
     from retrieval_distill.utils import write_json_atomic
 
-    spec = parse_spec(teacher)
-    if spec.kind != "ensemble":
-        raise typer.BadParameter("fit-weights needs an ensemble spec")
-    coll = load_collection(dataset, split=split)
-    ranked = _ranked(candidates, coll.corpus)
-    keep = _read_qids(qids)
-    if keep:
-        ranked = {q: v for q, v in ranked.items() if q in keep}
-    ens = build_teacher(spec)
-    res = ens.fit_weights(coll.qrels, ranked, coll.queries, coll.doc_text, grid=[float(x) for x in grid.split(",")], metric=metric)
+    try:
+        try:
+            values = [float(x) for x in grid.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--grid {grid!r}: expected comma-separated numbers") from None
+        if not values:
+            raise ValueError("--grid: no weight values")
+        spec = parse_spec(teacher)
+        if spec.kind != "ensemble":
+            raise ValueError(f"fit-weights needs an ensemble spec, got kind {spec.kind!r}")
+        coll = load_collection(dataset, split=split)
+        ranked = _ranked(candidates, coll.corpus)
+        keep = _read_qids(qids)
+        if keep:
+            ranked = {q: v for q, v in ranked.items() if q in keep}
+        judged = [q for q in ranked if any(g > 0 for g in coll.qrels.get(q, {}).values())]
+        if not judged:
+            raise ValueError(f"{candidates}: no candidate list belongs to a judged query of {dataset}" + (f" among {qids}" if qids else ""))
+        ens = build_teacher(spec)
+        res = ens.fit_weights(coll.qrels, ranked, coll.queries, coll.doc_text, grid=values, metric=metric)
+    except _errors() as e:
+        _fail(e)
     out = ens.spec.model_dump()
     out["fit"] = {k: res[k] for k in ("metric", "best", "equal", "queries")} | {"candidates": str(candidates), "dataset": dataset}
     write_json_atomic(output, out)
@@ -260,7 +274,10 @@ def import_cmd(
     _logging()
     from retrieval_distill.teachers.hofstatter import import_hofstatter
 
-    m = import_hofstatter(tsv, output, teacher_name=name)
+    try:
+        m = import_hofstatter(tsv, output, teacher_name=name)
+    except _errors() as e:
+        _fail(e)
     typer.echo(f"{output}: {m['counts']}")
 
 
@@ -277,8 +294,13 @@ def export_cmd(
     from retrieval_distill.data.collections import load_collection
     from retrieval_distill.teachers.hofstatter import export_hofstatter
 
-    qrels = load_collection(dataset, split=split).qrels if dataset else None
-    n = export_hofstatter(scores, output, qrels=qrels, triples=triples, max_negatives=max_negatives)
+    try:
+        if not dataset and triples is None:
+            raise ValueError("give --dataset (qrels give the positives) or --triples")
+        qrels = load_collection(dataset, split=split).qrels if dataset else None
+        n = export_hofstatter(scores, output, qrels=qrels, triples=triples, max_negatives=max_negatives)
+    except _errors() as e:
+        _fail(e)
     typer.echo(f"wrote {n} lines to {output}")
 
 
@@ -296,13 +318,21 @@ def evaluate_cmd(
     from retrieval_distill.data.collections import load_beir_folder, load_collection
     from retrieval_distill.teachers.scoring import load_manifest, scores_dict
 
-    if qrels_file:
-        coll = load_beir_folder(dataset, split=None, qrels_file=qrels_file)
-    else:
-        coll = load_collection(dataset, split=split)
-    sc = scores_dict(scores)
-    keep = _read_qids(qids)
-    judged = [q for q in sc if q in coll.qrels and any(g > 0 for g in coll.qrels[q].values()) and (not keep or q in keep)]
+    try:
+        if qrels_file:
+            coll = load_beir_folder(dataset, split=None, qrels_file=qrels_file)
+        else:
+            coll = load_collection(dataset, split=split)
+        sc = scores_dict(scores)
+        keep = _read_qids(qids)
+        judged = [q for q in sc if q in coll.qrels and any(g > 0 for g in coll.qrels[q].values()) and (not keep or q in keep)]
+        if not judged:
+            raise ValueError(
+                f"{scores}: none of its {len(sc)} queries is judged in {dataset}" + (f" {split}" if split else "")
+                + (f" and listed in {qids}" if qids else "") + ": nothing to evaluate"
+            )
+    except _errors() as e:
+        _fail(e)
     res = evaluate(Qrels({q: coll.qrels[q] for q in judged}), Run({q: sc[q] for q in judged}), ["ndcg@10", "mrr@10"])
     m = load_manifest(scores)
     lr = m.get("last_run") or {}
