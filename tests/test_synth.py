@@ -159,8 +159,7 @@ def test_ict_positive_is_the_document_without_the_query_sentence(tmp_path, adi):
         else:  # exactly the query sentence is gone: fewer words, every other word still there
             assert len(norm.split()) < len(full.split()) and set(norm.split()) <= set(full.split())
     assert 1 <= kept <= 20  # ict_keep = 0.1 of 82 documents (seeded: the same count every run)
-    # the same sentence as the sentence kind (one RNG per kind and document, same choice rule)?
-    # not required; but both come from the body: checked above. The file and its pointer:
+    # the masked texts are written to positives.jsonl, which synth.json names
     info = json.loads((out / "synth.json").read_text())
     assert info["positive_texts"] == "positives.jsonl"
     rows = [json.loads(ln) for ln in (out / "positives.jsonl").read_text().splitlines()]

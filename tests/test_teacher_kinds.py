@@ -290,7 +290,7 @@ def test_other_teacher_commands_report_bad_input_in_one_line(adi, adi_bm25_run, 
     ]
     for args, msg in cases:
         r = CliRunner().invoke(app, args)
-        assert r.exit_code == 2 and f"error: " in r.output and msg in r.output and "Traceback" not in r.output, (args, r.output)
+        assert r.exit_code == 2 and "error: " in r.output and msg in r.output and "Traceback" not in r.output, (args, r.output)
     assert not (tmp_path / "w.json").exists() and not (tmp_path / "x.tsv").exists() and not (tmp_path / "imp").exists()
     r = CliRunner().invoke(app, ["teacher", "evaluate", str(scores), "--dataset", str(ADI), "--split", "test"])
     assert r.exit_code == 0 and json.loads(r.output)["queries"] == 3, r.output

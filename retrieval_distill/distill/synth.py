@@ -94,21 +94,23 @@ def title_query(doc: dict[str, str], min_words: int = 2) -> str | None:
     return t if len(t.split()) >= min_words else None
 
 
-def _sentences(doc: dict[str, str], min_words: int) -> tuple[list[str], list[int]]:
-    """The body's sentences (as split) and the indexes of those usable as queries."""
+def _sentences(doc: dict[str, str], min_words: int) -> tuple[list[str], list[str], list[int]]:
+    """The body's sentences as split, the same sentences cleaned, and the indexes of those
+    usable as queries (``min_words`` words or more, not the title)."""
     title = _clean(doc.get("title", "") or "").lower()
-    sents = _SENT_SPLIT.split(doc.get("text", "") or "")
-    ok = [i for i, s in enumerate(sents) if len(_clean(s).split()) >= min_words and _clean(s).lower() != title]
-    return sents, ok
+    raw = _SENT_SPLIT.split(doc.get("text", "") or "")
+    cleaned = [_clean(s) for s in raw]
+    ok = [i for i, s in enumerate(cleaned) if len(s.split()) >= min_words and s.lower() != title]
+    return raw, cleaned, ok
 
 
 def sentence_query(doc: dict[str, str], rng: random.Random, min_words: int = 5, max_words: int = 32) -> str | None:
     """A sentence sampled from the body (at least ``min_words`` words, cut to ``max_words``),
     never the title itself; ``None`` when no sentence is long enough."""
-    sents, ok = _sentences(doc, min_words)
+    _, cleaned, ok = _sentences(doc, min_words)
     if not ok:
         return None
-    return " ".join(_clean(sents[rng.choice(ok)]).split()[:max_words])
+    return " ".join(cleaned[rng.choice(ok)].split()[:max_words])
 
 
 def ict_query(
@@ -119,13 +121,13 @@ def ict_query(
     positive text is ``"title body"`` without that sentence, except with probability
     ``keep`` (then the whole document). ``None`` when no sentence is long enough or the
     document has nothing left once the sentence is removed."""
-    sents, ok = _sentences(doc, min_words)
+    raw, cleaned, ok = _sentences(doc, min_words)
     if not ok:
         return None
     i = rng.choice(ok)
-    query = " ".join(_clean(sents[i]).split()[:max_words])
+    query = " ".join(cleaned[i].split()[:max_words])
     kept = rng.random() < keep
-    body = sents if kept else sents[:i] + sents[i + 1 :]
+    body = raw if kept else raw[:i] + raw[i + 1 :]
     text = f"{doc.get('title', '') or ''} {' '.join(s for s in body if s.strip())}".strip()
     return (query, text) if text else None
 

@@ -219,6 +219,17 @@ def fit_colbert_cmd(
     typer.echo(f"score with: rd teacher score -t {path / 'teacher.json'} ...")
 
 
+def _parse_grid(grid: str) -> list[float]:
+    """``--grid "0,0.5,1"`` as floats. Raises ValueError: not numbers, or none."""
+    try:
+        values = [float(x) for x in grid.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--grid {grid!r}: expected comma-separated numbers") from None
+    if not values:
+        raise ValueError("--grid: no weight values")
+    return values
+
+
 @app.command("fit-weights")
 def fit_weights_cmd(
     teacher: str = typer.Option(..., "--teacher", "-t", help="ensemble spec (file or inline JSON)"),
@@ -237,12 +248,7 @@ def fit_weights_cmd(
     from retrieval_distill.utils import write_json_atomic
 
     try:
-        try:
-            values = [float(x) for x in grid.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--grid {grid!r}: expected comma-separated numbers") from None
-        if not values:
-            raise ValueError("--grid: no weight values")
+        values = _parse_grid(grid)
         spec = parse_spec(teacher)
         if spec.kind != "ensemble":
             raise ValueError(f"fit-weights needs an ensemble spec, got kind {spec.kind!r}")
