@@ -13,14 +13,45 @@ from retrieval_distill.utils import sha256_file
 ray = pytest.importorskip("ray", reason="the Ray backend needs the 'scale' extra")
 
 
+def _jvm_handlers():
+    """(handler address, flags) of each signal HotSpot handles, with the JVM started first
+    (the suite's BM25 tests start it in this process anyway)."""
+    from retrieval_distill.scale.ray_local import jvm_running, signal_handlers
+    from retrieval_distill.search.jvm import ensure_jvm
+
+    ensure_jvm()
+    import pyserini.search.lucene  # noqa: F401 - starts the JVM with Anserini's classpath
+
+    assert jvm_running()
+    return {s: (sa.handler, sa.flags) for s, sa in signal_handlers().items()}
+
+
 @pytest.fixture(scope="module")
 def ray_local():
+    from retrieval_distill.scale.ray_local import init_local
+
+    before = _jvm_handlers()
     try:
-        ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+        init_local(num_cpus=2, log_to_driver=False, include_dashboard=False)
     except Exception as e:  # a local Ray node needs a few free seconds of CPU to start (GCS, raylet)
         pytest.skip(f"a local Ray node could not start here: {str(e).splitlines()[0]}")
-    yield
+    yield before
     ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_start_keeps_the_jvm_signal_handlers(ray_local, tmp_path):
+    """ray.init replaces SIGSEGV & co. with Abseil's and faulthandler's handlers, after which
+    the JVM's next recoverable fault kills the process (a 'Segmentation fault' of this suite
+    in a BM25 test after a Ray test). init_local puts the JVM's handlers back; a task run
+    afterwards does not replace them again; BM25 still searches."""
+    from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+
+    assert _jvm_handlers() == ray_local
+    assert ray.get(ray.remote(lambda: 1 + 1).remote()) == 2
+    assert _jvm_handlers() == ray_local
+    hits = BM25Searcher(build_bm25_index(S.adi(), tmp_path / "bm25")).search("computer programs for indexing", k=3)
+    assert len(hits) == 3
 
 
 @pytest.mark.slow

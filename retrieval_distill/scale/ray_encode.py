@@ -82,7 +82,9 @@ def encode_shards_ray(
     if not todo:
         return
     if not ray.is_initialized():
-        ray.init(log_to_driver=False, include_dashboard=False)
+        from retrieval_distill.scale.ray_local import init_local
+
+        init_local(log_to_driver=False, include_dashboard=False)
     model = getattr(encoder, "model_name", None)
     if model is None:
         raise ValueError("backend='ray' needs an Encoder with a model_name (the actors load the model themselves)")

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from retrieval_distill.scale.ray_local import init_local
+
 
 class ShardScorer:
     """Ray Data actor: builds the teacher once, scores and writes one shard per call."""
@@ -50,21 +52,6 @@ class ShardScorer:
         return {"index": idx_out, "sha": sha_out}
 
 
-def _init_local(**kwargs) -> None:
-    """``ray.init`` with retries: Ray waits a fixed 30 s for its raylet, which a heavily
-    loaded machine can miss ("The current node timed out during startup")."""
-    import ray
-
-    for attempt in range(3):
-        try:
-            ray.init(**kwargs)
-            return
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
-            if "timed out during startup" not in str(e) or attempt == 2:
-                raise
-            ray.shutdown()
-
-
 def score_shards_ray(
     spec, shards: list, teacher_name: str, out_dir: str | os.PathLike, doc_chunks: list | None = None, num_cpus: int = 2, actors: int = 1
 ) -> Iterator[tuple[int, str]]:
@@ -87,7 +74,7 @@ def score_shards_ray(
     started = False
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        _init_local(
+        init_local(
             num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
             configure_logging=False, ignore_reinit_error=True,
             # workers import torch and transformers: on a loaded 2-core machine that exceeds
