@@ -199,6 +199,38 @@ def test_dev_ndcg_evaluated_each_epoch(scored, tmp_path):
     assert card["dev_metrics"]["overall"]["ndcg@10"] == pytest.approx(per[-1][key], abs=2e-3)
 
 
+def test_dev_keep_best_saves_the_best_epoch(scored, tmp_path):
+    """dev.keep: best: the saved student is the epoch with the highest dev nDCG@10 (not the
+    init), the card names it, and a fresh evaluation of the folder reproduces its figure."""
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_distill.distill.cli import DevSpec, dev_evaluator
+
+    dev = {"collection": str(ADI), "split": "test", "each_epoch": True, "keep": "best", "metrics": ["ndcg@10"]}
+    cfg = _config(
+        scored,
+        tmp_path,
+        max_examples=8,
+        dev=dev,
+        train={"losses": [{"name": "margin_mse", "options": {"teacher_scale": 0.05}}], "epochs": 3, "batch_size": 4,
+               "max_seq_length": 64, "lr": 1e-4},
+    )
+    r = _rd("student", "train", cfg)
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "student" / "training_card.json").read_text())
+    key = card["dev_primary_metric"]
+    epochs = [e for e in card["dev_per_epoch"] if e["epoch"] > 0]
+    assert [e["step"] for e in epochs] == [2, 4, 6]
+    best = max(epochs, key=lambda e: e[key])
+    assert card["dev_selected"] == best
+    fresh = dev_evaluator(DevSpec(**dev))(SentenceTransformer(str(tmp_path / "student"), device="cpu"))
+    assert fresh[key] == pytest.approx(best[key], abs=1e-4)
+    assert not (tmp_path / "student.ckpt").exists()
+    # keep: best without per-epoch evaluation is refused before any training
+    with pytest.raises(ValueError, match="each_epoch"):
+        DevSpec(collection=str(ADI), keep="best")
+
+
 def test_leaf_targets_read_from_an_encoding_folder(adi, tmp_path):
     """leaf.embeddings: document texts take the folder's vectors (no encoding), texts it does
     not hold are encoded and counted, and a folder of other weights is refused."""

@@ -34,9 +34,10 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import Literal
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retrieval_distill.distill.train import TrainConfig
 from retrieval_distill.teachers.base import TeacherSpec
@@ -107,6 +108,11 @@ class DevSpec(BaseModel):
             cosine nDCG@10, binary relevance = grade >= 1); figures go to the training card.
             Each evaluation encodes the dev corpus once, so keep the corpus small or accept
             the cost (SciFact: 5,183 documents, about 5 min with MiniLM on 2 cores).
+        keep: ``"last"`` saves the model of the last step; ``"best"`` (needs ``each_epoch``)
+            saves the epoch with the highest dev primary metric (Hugging Face's
+            ``load_best_model_at_end``; checkpoints are then written once per epoch, so a killed
+            run resumes from the last finished epoch, not every ``save_steps``). The untrained
+            init (epoch 0) is evaluated and recorded but never selected.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -117,6 +123,13 @@ class DevSpec(BaseModel):
     batch_size: int = 64
     qids_file: str | None = None
     each_epoch: bool = False
+    keep: Literal["last", "best"] = "last"
+
+    @model_validator(mode="after")
+    def _best_needs_epochs(self):
+        if self.keep == "best" and not self.each_epoch:
+            raise ValueError("dev.keep: best selects an epoch by its dev figure; set dev.each_epoch: true")
+        return self
 
 
 def _dev_collection(dev: DevSpec):
@@ -165,6 +178,7 @@ def dev_evaluator(dev: DevSpec, name: str = "dev"):
         batch_size=dev.batch_size,
         name=name,
         write_csv=False,
+        main_score_function="cosine",  # fixes the primary metric before the first call (dev.keep: best needs it)
     )
 
 
@@ -404,7 +418,8 @@ def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool =
     elif job.leaf is not None:
         raise ValueError("`leaf:` is set but no `leaf` loss is configured in train.losses")
     evaluator = dev_evaluator(job.dev) if job.dev is not None and job.dev.each_epoch else None
-    out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator)
+    out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator,
+                        keep_best=job.dev is not None and job.dev.keep == "best")
     if job.dev is not None:
         update_card(out, dev_metrics=evaluate_dev(out, job.dev))
     return out

@@ -83,6 +83,7 @@ def train_student(
     card: dict[str, Any] | None = None,
     show_progress: bool = True,
     evaluator=None,
+    keep_best: bool = False,
 ) -> Path:
     """Train a student and save it to ``output_dir`` (a sentence-transformers folder).
 
@@ -96,6 +97,12 @@ def train_student(
             ``InformationRetrievalEvaluator`` of :func:`retrieval_distill.distill.cli.dev_evaluator`)
             run on the initial model and after every epoch; its primary metric per epoch goes
             into the training card (``dev_per_epoch``) and the loss-curve PNG.
+        keep_best: save the epoch with the best evaluator primary metric instead of the last
+            step (needs ``evaluator``; Hugging Face ``load_best_model_at_end``, checkpoints per
+            epoch); the card records it as ``dev_selected``.
+
+    Raises:
+        ValueError: ``keep_best`` without an evaluator.
 
     Returns:
         the model folder.
@@ -106,6 +113,8 @@ def train_student(
 
     from retrieval_distill.models import load_sentence_transformer
 
+    if keep_best and evaluator is None:
+        raise ValueError("keep_best needs a dev evaluator (dev.each_epoch)")
     torch.manual_seed(cfg.seed)
     output_dir = Path(output_dir)
     ckpt_dir = output_dir.with_name(output_dir.name + ".ckpt")
@@ -122,9 +131,9 @@ def train_student(
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        save_strategy="steps",
+        save_strategy="epoch" if keep_best else "steps",
         save_steps=cfg.save_steps,
-        save_total_limit=1,
+        save_total_limit=1,  # with load_best_model_at_end, HF also keeps the best checkpoint
         logging_steps=5,
         report_to="none",
         disable_tqdm=not show_progress,
@@ -132,6 +141,11 @@ def train_student(
         use_cpu=not torch.cuda.is_available(),
         learning_rate_mapping=dict(getattr(loss, "learning_rate_mapping", None) or {}),  # e.g. LEAF projection
         **({"eval_strategy": "epoch"} if evaluator is not None else {}),
+        **(
+            {"load_best_model_at_end": True, "metric_for_best_model": "eval_" + _primary_metric(evaluator), "greater_is_better": True}
+            if keep_best
+            else {}
+        ),
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss, evaluator=evaluator)
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
@@ -149,6 +163,10 @@ def train_student(
             for h in trainer.state.log_history
             if key in h
         ]
+    selected = None
+    if keep_best:
+        best_step = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[-1])
+        selected = next(e for e in per_epoch if e["step"] == best_step)
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(str(tmp))
@@ -165,6 +183,7 @@ def train_student(
         "seed": cfg.seed,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
         **({"dev_per_epoch": per_epoch, "dev_primary_metric": evaluator.primary_metric} if evaluator is not None else {}),
+        **({"dev_selected": selected} if selected is not None else {}),
         **(card or {}),
     }
     write_json_atomic(tmp / "training_card.json", info)
@@ -174,6 +193,16 @@ def train_student(
     os.replace(tmp, output_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return output_dir
+
+
+def _primary_metric(evaluator) -> str:
+    """The name an ``InformationRetrievalEvaluator`` with ``main_score_function`` will give its
+    primary metric (it sets ``primary_metric`` only on its first call)."""
+    if evaluator.primary_metric:
+        return evaluator.primary_metric
+    if getattr(evaluator, "main_score_function", None) is None:
+        raise ValueError("keep_best needs an evaluator with a fixed main_score_function")
+    return f"{evaluator.name}_{evaluator.main_score_function.value}_ndcg@{max(evaluator.ndcg_at_k)}"
 
 
 def _terms(loss) -> list:

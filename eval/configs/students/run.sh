@@ -10,10 +10,11 @@ set -euo pipefail
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 W=work/students
 mkdir -p $W/runs
-# dev qrels: the pipeline's dev qids (splits.json) with their train qrels
+# dev qrels: the pipeline's dev qids (splits.json) with their train qrels; the qids alone in dev.qids
 python - <<'PY'
 import json
 dev = set(json.load(open("work/scifact-quick/splits.json"))["dev"])
+open("work/students/dev.qids", "w").write("".join(q + "\n" for q in sorted(dev)))  # for configs' dev.qids_file
 with open("../shared/data/beir/scifact/qrels/train.tsv") as f, open("work/students/dev.qrels.tsv", "w") as out:
     for i, line in enumerate(f):
         if i == 0 or line.split("\t")[0] in dev:
