@@ -358,8 +358,18 @@ class Pipeline:
         self.echo("\nstage wall times: " + ", ".join(f"{k} {v:.1f}s" + (" (skipped)" if k in self.skipped else "") for k, v in self.timings.items()))
         self.echo(f"total wall time: {total:.1f} s")
         if result:
-            self.echo("\n" + Path(self.cfg.eval.report).read_text(encoding="utf-8").split("\n## ", 2)[1].split("\n", 1)[1])
+            self.echo("\n" + _report_section(Path(self.cfg.eval.report), "SciFact test"))
         return result
+
+
+def _report_section(report_md: Path, prefix: str) -> str:
+    """The heading and body of the first ``## {prefix}...`` section of a report (the test
+    table printed at the end of a run); the whole report if there is none."""
+    text = report_md.read_text(encoding="utf-8")
+    for part in text.split("\n## ")[1:]:
+        if part.startswith(prefix):
+            return "## " + part.split("<!--", 1)[0].rstrip()
+    return text
 
 
 def run_pipeline(config: str | Path, profile: str | None = None, force: set[str] | None = None, until: str | None = None) -> dict:

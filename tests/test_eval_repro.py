@@ -12,7 +12,7 @@ from retrieval_distill.cli import app
 from retrieval_distill.data.collections import load_qrels
 from retrieval_distill.evaluation.metrics import evaluate
 from retrieval_distill.evaluation.repro import DEFAULT_TABLE, Row, check_row, load_table, lookup, select_rows
-from retrieval_distill.evaluation.report import git_commit, write_report
+from retrieval_distill.evaluation.report import HAND_WRITTEN, git_commit, write_report
 from retrieval_distill.evaluation.runs import read_run
 
 runner = CliRunner()
@@ -36,6 +36,13 @@ def test_write_report(tmp_path):
     assert d["meta"]["commit"] == head and d["results"]["bm25"]["n_judged"] == 43 and d["extra"] == {"k": 100}
     with pytest.raises(ValueError, match="reserved"):
         write_report(tmp_path / "x.md", "x", data={"meta": 1})
+    # notes below the hand-written marker survive a rewrite; the generated part is replaced
+    md.write_text(text + "\n" + HAND_WRITTEN + "\n\n## Why these settings\n\nchosen on dev.\n")
+    write_report(md, "DL19 again", sections={"Notes": "rewritten."})
+    again = md.read_text()
+    assert again.startswith("# DL19 again\n") and "rewritten." in again and "BM25 only." not in again
+    assert again.endswith(HAND_WRITTEN + "\n\n## Why these settings\n\nchosen on dev.\n")
+    assert again.count(HAND_WRITTEN) == 1
 
 
 def test_lookup_with_dots_in_keys():

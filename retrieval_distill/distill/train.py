@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     epochs: float = 1.0
     batch_size: int = 16
     lr: float = 2e-5
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     weight_decay: float = 0.01
     max_seq_length: int = 256
     seed: int = 13
@@ -127,7 +127,7 @@ def train_student(
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers v5: a float below 1 is the warmup ratio
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         data_seed=cfg.seed,

@@ -5,6 +5,9 @@ Every report states how to reproduce it: the exact command and the git commit
 date and library versions. The JSON twin (``report.md`` -> ``report.json``) carries the
 same numbers for machines: ``rd repro check`` reads metrics from it by a dotted key path
 (``test.student.ndcg@10``).
+
+Notes written by hand below the line :data:`HAND_WRITTEN` in an existing report survive
+when the report is regenerated (the generated part above it is replaced).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from retrieval_distill.utils import write_json_atomic, write_text_atomic
+
+HAND_WRITTEN = "<!-- hand-written below: kept when this report is regenerated -->"
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
@@ -77,6 +82,9 @@ def write_report(
 
     Raises:
         ValueError: a key of ``data`` collides with ``meta``/``results``/``extra``.
+
+    An existing ``path_md`` that contains the :data:`HAND_WRITTEN` line keeps that line and
+    everything after it (notes, settings chosen by hand) at the end of the new report.
     """
     from retrieval_distill.evaluation.metrics import format_table
 
@@ -121,6 +129,11 @@ def write_report(
         obj["results"] = {name: r.to_dict(per_query=False) if hasattr(r, "to_dict") else r for name, r in rows.items()}
     if extra:
         obj["extra"] = dict(extra)
+    text = "\n".join(md).rstrip() + "\n"
+    if path_md.exists():
+        old = path_md.read_text(encoding="utf-8")
+        if HAND_WRITTEN in old:
+            text += "\n" + HAND_WRITTEN + old.split(HAND_WRITTEN, 1)[1]
     write_json_atomic(path_json, obj)
-    write_text_atomic(path_md, "\n".join(md).rstrip() + "\n")
+    write_text_atomic(path_md, text)
     return path_md, path_json

@@ -65,7 +65,7 @@ class ServiceSettings(BaseSettings):
         asym_index_root: index store of ``asymmetric`` mode (documents encoded by the teacher).
         asym_query_model: the student that encodes queries in ``asymmetric`` mode; ``None`` uses
             the query model recorded in the manifest, if any.
-        corpus: BEIR folder or dataset id (``beir/scifact/test``) giving hits' title and text;
+        corpus: BEIR folder or dataset id (``beir/scifact``) giving hits' title and text;
             ``None`` answers hits without title/text (``null``).
         max_k: largest ``k`` a request may ask for (larger answers 422).
         max_query_chars: queries are cut to this many characters (the response says ``truncated``);
