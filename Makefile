@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# the CPU build of torch first (an unpinned torch would pull a multi-GB CUDA build)
 	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	touch $@
+
+# the test and Ray extras, for make test only (the demo needs neither)
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test,scale]'
 	touch $@
 
@@ -27,7 +32,8 @@ $(VENV)/.mpnet: $(VENV)/.installed
 
 mpnet: $(VENV)/.mpnet
 
-demo: venv mpnet
+# the quick profile's models are all-MiniLM-L6-v2 only; the full profile's teacher adds mpnet
+demo: venv $(if $(filter quick,$(PROFILE)),,mpnet)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rd pipeline eval/configs/scifact.yaml --profile $(PROFILE)
 
 full:
@@ -35,7 +41,7 @@ full:
 
 # the test suite, then the cheap rows of the reproducibility table (published DL19 runs,
 # BM25 on SciFact) against their published figures
-test: venv mpnet
+test: $(VENV)/.installed-test mpnet
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rd repro check --cheap
 
