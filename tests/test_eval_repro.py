@@ -43,6 +43,12 @@ def test_write_report(tmp_path):
     assert again.startswith("# DL19 again\n") and "rewritten." in again and "BM25 only." not in again
     assert again.endswith(HAND_WRITTEN + "\n\n## Why these settings\n\nchosen on dev.\n")
     assert again.count(HAND_WRITTEN) == 1
+    with pytest.raises(ValueError, match="marker"):  # the marker in generated text would grow the file on every rewrite
+        write_report(md, "x", sections={"Notes": HAND_WRITTEN})
+    md.write_bytes(again.encode() + "caf\xe9\n".encode("latin-1"))  # notes in Latin-1: refused, nothing written
+    with pytest.raises(ValueError, match="not UTF-8"):
+        write_report(md, "DL19 third")
+    assert md.read_bytes().endswith("caf\xe9\n".encode("latin-1"))
 
 
 def test_lookup_with_dots_in_keys():

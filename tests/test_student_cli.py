@@ -226,9 +226,37 @@ def test_dev_keep_best_saves_the_best_epoch(scored, tmp_path):
     fresh = dev_evaluator(DevSpec(**dev))(SentenceTransformer(str(tmp_path / "student"), device="cpu"))
     assert fresh[key] == pytest.approx(best[key], abs=1e-4)
     assert not (tmp_path / "student.ckpt").exists()
+    assert card["dev_per_epoch"][0]["epoch"] == 0.0  # the init figure is recorded, never selected
     # keep: best without per-epoch evaluation is refused before any training
     with pytest.raises(ValueError, match="each_epoch"):
         DevSpec(collection=str(ADI), keep="best")
+
+
+def test_bad_dev_input_and_stale_checkpoints_refused_before_training(scored, tmp_path):
+    """A missing or wrong dev qids file and a zero-epoch schedule fail before training (exit 2,
+    no model folder); checkpoints left by a run with other settings are not resumed."""
+    qids = tmp_path / "dev.qids"
+    qids.write_text("1\nno-such-qid\n")
+    for dev, err in [({"qids_file": str(tmp_path / "missing.qids")}, "qids file not found"),
+                     ({"qids_file": str(qids)}, "not in")]:
+        cfg = _config(scored, tmp_path, dev={"collection": str(ADI), "split": "test", **dev})
+        for extra in ([], ["--check"]):
+            r = _rd("student", "train", str(cfg), *extra)
+            assert r.exit_code == 2 and err in r.output, r.output
+        assert not (tmp_path / "student").exists()
+    r = _rd("student", "train", str(_config(scored, tmp_path, train={"epochs": 0})))
+    assert r.exit_code == 2 and "epochs" in r.output
+    # a kill left checkpoints of a run with another learning rate: refused, named, kept
+    ckpt = tmp_path / "student.ckpt"
+    (ckpt / "checkpoint-2").mkdir(parents=True)
+    cfg = _config(scored, tmp_path)
+    from retrieval_distill.distill.cli import load_job
+
+    other = load_job(cfg).train.model_copy(update={"lr": 1e-3}).model_dump()
+    (ckpt / "run.json").write_text(json.dumps({"config": other, "keep_best": False, "evaluator": None, "examples": "x"}))
+    r = _rd("student", "train", str(cfg))
+    assert r.exit_code == 2 and "config" in r.output and "examples" in r.output and str(ckpt) in r.output, r.output
+    assert (ckpt / "checkpoint-2").is_dir() and not (tmp_path / "student").exists()
 
 
 def test_leaf_targets_read_from_an_encoding_folder(adi, tmp_path):

@@ -138,8 +138,29 @@ def _dev_collection(dev: DevSpec):
     coll = load_collection(dev.collection, split=dev.split)
     if dev.qids_file:
         keep = _read_qids(dev.qids_file)
+        unknown = sorted(keep - set(coll.queries))
+        if unknown:
+            raise ValueError(f"{dev.qids_file}: {len(unknown)} dev qid(s) not in {dev.collection} ({dev.split}), "
+                             f"e.g. {unknown[:3]}")
         coll = coll.subset([q for q in coll.queries if q in keep])
     return coll
+
+
+def check_dev(dev: DevSpec) -> int:
+    """Validate a dev section before any training: the collection and split load, the qids
+    file exists and names only known queries, and at least one dev query is judged.
+
+    Returns:
+        the number of judged dev queries.
+
+    Raises:
+        FileNotFoundError: the collection or qids file is missing.
+        ValueError: unknown qids, or no judged dev query.
+    """
+    n = len(_dev_collection(dev).judged_qids())
+    if not n:
+        raise ValueError(f"{dev.collection} ({dev.split}): no judged dev query")
+    return n
 
 
 def _read_qids(path: str | os.PathLike) -> set[str]:
@@ -417,6 +438,8 @@ def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool =
         cfg = _prepare_leaf(job, examples, facts)
     elif job.leaf is not None:
         raise ValueError("`leaf:` is set but no `leaf` loss is configured in train.losses")
+    if job.dev is not None:
+        facts["dev_judged_queries"] = check_dev(job.dev)  # bad dev input fails here, not after training
     evaluator = dev_evaluator(job.dev) if job.dev is not None and job.dev.each_epoch else None
     out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator,
                         keep_best=job.dev is not None and job.dev.keep == "best")
@@ -439,6 +462,8 @@ def train_cmd(
         job = load_job(config)
         if check_only:
             examples, facts = prepare_examples(job)
+            if job.dev is not None:
+                facts["dev_judged_queries"] = check_dev(job.dev)
             typer.echo(json.dumps(facts, indent=2, default=str))
             return
         out = train_from_config(job)

@@ -7,6 +7,7 @@ writes a training card (``training_card.json``) and a loss-curve PNG into the mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ class TrainConfig(BaseModel):
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec()])
     n_negatives: int = 3
     negative_depth: int = 30
-    epochs: float = 1.0
+    epochs: float = Field(1.0, gt=0)
     batch_size: int = 16
     lr: float = 2e-5
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
@@ -149,17 +150,28 @@ def train_student(
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss, evaluator=evaluator)
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
+    run_facts = {"config": cfg.model_dump(), "keep_best": keep_best, "evaluator": getattr(evaluator, "name", None),
+                 "examples": hashlib.sha256(json.dumps(examples, sort_keys=True, default=str).encode()).hexdigest()}
+    _check_resume(ckpt_dir / "run.json", run_facts, resume)
     per_epoch: list[dict] = []
-    if evaluator is not None and not resume:
-        init_metrics = evaluator(model)  # prefixes evaluator.primary_metric with the evaluator's name
-        per_epoch.append({"epoch": 0.0, "step": 0, evaluator.primary_metric: float(init_metrics[evaluator.primary_metric])})
+    if evaluator is not None:
+        metric = _primary_metric(evaluator) if getattr(evaluator, "main_score_function", None) else None
+        init_file = ckpt_dir / "dev_init.json"  # the init figure survives a kill (resumed runs skip the evaluation)
+        if resume and init_file.exists():
+            per_epoch.append(json.loads(init_file.read_text()))
+        elif not resume:
+            init_metrics = evaluator(model)  # prefixes evaluator.primary_metric with the evaluator's name
+            metric = evaluator.primary_metric
+            per_epoch.append({"epoch": 0.0, "step": 0, metric: float(init_metrics[metric])})
+            write_json_atomic(init_file, per_epoch[0])
     t0 = time.time()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.time() - t0
     if evaluator is not None:
-        key = "eval_" + evaluator.primary_metric
+        metric = metric or evaluator.primary_metric
+        key = "eval_" + metric
         per_epoch += [
-            {"epoch": round(float(h["epoch"]), 3), "step": h["step"], evaluator.primary_metric: float(h[key])}
+            {"epoch": round(float(h["epoch"]), 3), "step": h["step"], metric: float(h[key])}
             for h in trainer.state.log_history
             if key in h
         ]
@@ -182,17 +194,39 @@ def train_student(
         "resumed": bool(resume),
         "seed": cfg.seed,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history],
-        **({"dev_per_epoch": per_epoch, "dev_primary_metric": evaluator.primary_metric} if evaluator is not None else {}),
+        **({"dev_per_epoch": per_epoch, "dev_primary_metric": metric} if evaluator is not None else {}),
         **({"dev_selected": selected} if selected is not None else {}),
         **(card or {}),
     }
     write_json_atomic(tmp / "training_card.json", info)
-    _plot_loss(history, tmp / "loss_curve.png", per_epoch, evaluator.primary_metric if evaluator is not None else None)
+    _plot_loss(history, tmp / "loss_curve.png", per_epoch, metric if evaluator is not None else None)
     if output_dir.exists():
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return output_dir
+
+
+def _check_resume(path: Path, facts: dict, resume: bool) -> None:
+    """Record the settings and data a checkpoint folder belongs to (``run.json``) on a fresh
+    start; on a resume refuse checkpoints made with other settings or examples (a config
+    edited between a kill and the rerun would otherwise be resumed silently, half old, half new).
+
+    Raises:
+        ValueError: the checkpoints' settings or examples differ from this run's.
+    """
+    if not resume:
+        write_json_atomic(path, facts)
+        return
+    if not path.exists():
+        return  # checkpoints from before run.json existed: nothing to compare with
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in facts if old.get(k) != json.loads(json.dumps(facts[k], default=str)))
+    if diff:
+        raise ValueError(
+            f"{path.parent}: the checkpoints were made with other {', '.join(diff)} than this config gives; "
+            f"restore the old config to resume, or delete {path.parent} to start again"
+        )
 
 
 def _primary_metric(evaluator) -> str:

@@ -36,6 +36,27 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
         return "unknown"
 
 
+def _hand_written_tail(path_md: Path) -> str:
+    """``"\\n" + marker + notes`` of an existing report with the :data:`HAND_WRITTEN` marker,
+    else ``""``.
+
+    Raises:
+        ValueError: the file holds the marker but is not UTF-8 (its notes would be lost).
+    """
+    if not path_md.is_file():
+        return ""
+    raw = path_md.read_bytes()
+    marker = HAND_WRITTEN.encode()
+    if marker not in raw:
+        return ""
+    try:
+        notes = raw.split(marker, 1)[1].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path_md}: the notes below {HAND_WRITTEN!r} are not UTF-8 ({e.reason} at byte "
+                         f"{e.start}); fix the file's encoding, then rerun (nothing was written)") from None
+    return "\n" + HAND_WRITTEN + notes.replace("\r\n", "\n")
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that determine the numbers (python, ranx, numpy, scipy...)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -130,10 +151,9 @@ def write_report(
     if extra:
         obj["extra"] = dict(extra)
     text = "\n".join(md).rstrip() + "\n"
-    if path_md.exists():
-        old = path_md.read_text(encoding="utf-8")
-        if HAND_WRITTEN in old:
-            text += "\n" + HAND_WRITTEN + old.split(HAND_WRITTEN, 1)[1]
+    if HAND_WRITTEN in text:
+        raise ValueError(f"{path_md}: a generated section contains the hand-written marker line {HAND_WRITTEN!r}")
+    text += _hand_written_tail(path_md)
     write_json_atomic(path_json, obj)
     write_text_atomic(path_md, text)
     return path_md, path_json
