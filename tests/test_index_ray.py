@@ -36,7 +36,10 @@ def ray_local():
     except Exception as e:  # a local Ray node needs a few free seconds of CPU to start (GCS, raylet)
         pytest.skip(f"a local Ray node could not start here: {str(e).splitlines()[0]}")
     yield before
-    ray.shutdown()
+    from retrieval_distill.scale.ray_local import shutdown_local
+
+    shutdown_local()  # ray.shutdown alone leaves SIGSEGV/SIGFPE/SIGILL at SIG_DFL
+    assert _jvm_handlers() == before, "ray.shutdown left the JVM's signal handlers replaced"
 
 
 @pytest.mark.slow

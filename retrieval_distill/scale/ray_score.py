@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from retrieval_distill.scale.ray_local import init_local
+from retrieval_distill.scale.ray_local import init_local, shutdown_local
 
 
 class ShardScorer:
@@ -102,4 +102,4 @@ def score_shards_ray(
             yield int(row["index"]), str(row["sha"])
     finally:
         if started:
-            ray.shutdown()
+            shutdown_local()
