@@ -157,10 +157,16 @@ def check_dev(dev: DevSpec) -> int:
         FileNotFoundError: the collection or qids file is missing.
         ValueError: unknown qids, or no judged dev query.
     """
-    n = len(_dev_collection(dev).judged_qids())
-    if not n:
+    return len(_judged_dev(dev)[1])
+
+
+def _judged_dev(dev: DevSpec):
+    """The dev collection and its judged qids. Raises ValueError: none is judged."""
+    coll = _dev_collection(dev)
+    qids = coll.judged_qids()
+    if not qids:
         raise ValueError(f"{dev.collection} ({dev.split}): no judged dev query")
-    return n
+    return coll, qids
 
 
 def _read_qids(path: str | os.PathLike) -> set[str]:
@@ -182,10 +188,7 @@ def dev_evaluator(dev: DevSpec, name: str = "dev"):
 
     if dev.doc_model:
         raise ValueError("dev.each_epoch evaluates the student on both sides; unset dev.doc_model or each_epoch")
-    coll = _dev_collection(dev)
-    qids = coll.judged_qids()
-    if not qids:
-        raise ValueError(f"{dev.collection} ({dev.split}): no judged dev query")
+    coll, qids = _judged_dev(dev)
     relevant = {q: {d for d, g in coll.qrels[q].items() if g >= 1} for q in qids}
     return InformationRetrievalEvaluator(
         queries={q: coll.queries[q] for q in qids},

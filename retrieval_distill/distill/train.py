@@ -116,6 +116,9 @@ def train_student(
 
     if keep_best and evaluator is None:
         raise ValueError("keep_best needs a dev evaluator (dev.each_epoch)")
+    metric = _primary_metric(evaluator) if evaluator is not None else None
+    if keep_best and metric is None:
+        raise ValueError("keep_best needs an evaluator with a fixed main_score_function")
     torch.manual_seed(cfg.seed)
     output_dir = Path(output_dir)
     ckpt_dir = output_dir.with_name(output_dir.name + ".ckpt")
@@ -143,7 +146,7 @@ def train_student(
         learning_rate_mapping=dict(getattr(loss, "learning_rate_mapping", None) or {}),  # e.g. LEAF projection
         **({"eval_strategy": "epoch"} if evaluator is not None else {}),
         **(
-            {"load_best_model_at_end": True, "metric_for_best_model": "eval_" + _primary_metric(evaluator), "greater_is_better": True}
+            {"load_best_model_at_end": True, "metric_for_best_model": "eval_" + metric, "greater_is_better": True}
             if keep_best
             else {}
         ),
@@ -155,7 +158,6 @@ def train_student(
     _check_resume(ckpt_dir / "run.json", run_facts, resume)
     per_epoch: list[dict] = []
     if evaluator is not None:
-        metric = _primary_metric(evaluator) if getattr(evaluator, "main_score_function", None) else None
         init_file = ckpt_dir / "dev_init.json"  # the init figure survives a kill (resumed runs skip the evaluation)
         if resume and init_file.exists():
             per_epoch.append(json.loads(init_file.read_text()))
@@ -229,13 +231,14 @@ def _check_resume(path: Path, facts: dict, resume: bool) -> None:
         )
 
 
-def _primary_metric(evaluator) -> str:
-    """The name an ``InformationRetrievalEvaluator`` with ``main_score_function`` will give its
-    primary metric (it sets ``primary_metric`` only on its first call)."""
+def _primary_metric(evaluator) -> str | None:
+    """The name an ``InformationRetrievalEvaluator`` will give its primary metric (it sets
+    ``primary_metric`` only on its first call): known up front with a ``main_score_function``,
+    else ``None`` until the first call."""
     if evaluator.primary_metric:
         return evaluator.primary_metric
     if getattr(evaluator, "main_score_function", None) is None:
-        raise ValueError("keep_best needs an evaluator with a fixed main_score_function")
+        return None
     return f"{evaluator.name}_{evaluator.main_score_function.value}_ndcg@{max(evaluator.ndcg_at_k)}"
 
 

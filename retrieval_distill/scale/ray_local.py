@@ -24,9 +24,11 @@ fatal-error report (``hs_err``) takes its place.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import sys
+from typing import Iterator
 
 # the signals HotSpot handles itself (hotspot/os/posix/signals_posix.cpp)
 JVM_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
@@ -80,6 +82,22 @@ def jvm_running() -> bool:
     return bool(cfg is not None and getattr(cfg, "vm_running", False))
 
 
+@contextlib.contextmanager
+def jvm_handlers_kept() -> Iterator[None]:
+    """Run the block, then put back the JVM's signal handlers as they were before it (when a
+    JVM runs in this process; otherwise do nothing).
+
+    Raises:
+        OSError: ``sigaction`` failed.
+    """
+    saved = signal_handlers() if jvm_running() else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            restore_signal_handlers(saved)
+
+
 def init_local(**kwargs) -> None:
     """``ray.init(**kwargs)``, keeping the JVM's signal handlers when a JVM runs here (see
     the module docstring), with retries: Ray waits a fixed 30 s for its raylet, which a
@@ -90,8 +108,7 @@ def init_local(**kwargs) -> None:
     """
     import ray
 
-    saved = signal_handlers() if jvm_running() else None
-    try:
+    with jvm_handlers_kept():
         for attempt in range(3):
             try:
                 ray.init(**kwargs)
@@ -100,9 +117,6 @@ def init_local(**kwargs) -> None:
                 if "timed out during startup" not in str(e) or attempt == 2:
                     raise
                 ray.shutdown()
-    finally:
-        if saved is not None:
-            restore_signal_handlers(saved)
 
 
 def shutdown_local() -> None:
@@ -114,9 +128,5 @@ def shutdown_local() -> None:
     """
     import ray
 
-    saved = signal_handlers() if jvm_running() else None
-    try:
+    with jvm_handlers_kept():
         ray.shutdown()
-    finally:
-        if saved is not None:
-            restore_signal_handlers(saved)
