@@ -4,6 +4,7 @@
 # REAL queries (never seen in training) against the student init.     eval/reports/students.md
 #   EPOCHS=0.5 bash eval/configs/students/classic-synth.sh cranfield 1400   (all documents, half an
 #   epoch over their ~4,150 synthetic queries = 131 steps; outputs in work/students/cranfield-synth-1400/)
+#   bash eval/configs/students/classic-synth.sh adi 82   (ADI, all 82 documents, 246 queries, 16 steps: 8 min)
 #   KINDS=ict bash eval/configs/students/classic-synth.sh cranfield 1400   (Inverse Cloze Task only:
 #   a body sentence as the query, the document without it as the positive; work/students/cranfield-synth-1400-ict/)
 set -euo pipefail
