@@ -31,6 +31,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left untouched. The new
     file gets the mode of the file it replaces, or the usual ``0o666 & ~umask`` for a new one
     (``mkstemp`` alone would leave every rewritten file at 0600).
+
+    A symlink at ``path`` is replaced by the new regular file; the file it points to is never
+    written. That is deliberate: links in our work folders point into data that must stay
+    read-only (``../shared/data``, a corpus linked into a synthetic-query folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
