@@ -1,4 +1,4 @@
-"""Atomic writes (retrieval_distill.utils): what a reader and a killed writer can see."""
+"""Atomic writes (retrieval_distill.utils): what a reader sees when a writer fails mid-way, and symlinks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_atomic_write_keeps_old_file_on_error_and_its_mode(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_path(f) as tmp:
             tmp.write_text("half")
-            raise RuntimeError("killed mid-write")
+            raise RuntimeError("failed mid-write")
     assert f.read_text() == "v1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]  # no stray temporary file
     write_text_atomic(f, "v2\n")
