@@ -160,9 +160,10 @@ def check_dev(dev: DevSpec) -> int:
     return len(_judged_dev(dev)[1])
 
 
-def _judged_dev(dev: DevSpec):
-    """The dev collection and its judged qids. Raises ValueError: none is judged."""
-    coll = _dev_collection(dev)
+def _judged_dev(dev: DevSpec, collection=None):
+    """The dev collection (``collection`` if given, else loaded) and its judged qids.
+    Raises ValueError: none is judged."""
+    coll = _dev_collection(dev) if collection is None else collection
     qids = coll.judged_qids()
     if not qids:
         raise ValueError(f"{dev.collection} ({dev.split}): no judged dev query")
@@ -176,9 +177,15 @@ def _read_qids(path: str | os.PathLike) -> set[str]:
     return {line.split()[0] for line in p.read_text().splitlines() if line.strip()}
 
 
-def dev_evaluator(dev: DevSpec, name: str = "dev"):
+def dev_evaluator(dev: DevSpec, name: str = "dev", collection=None):
     """A sentence-transformers ``InformationRetrievalEvaluator`` over the dev collection
     (judged queries only; relevant = grade >= 1), primary metric ``{name}_cosine_ndcg@10``.
+
+    Args:
+        dev: the config's dev section.
+        name: metric prefix.
+        collection: the dev collection already loaded (and cut to ``qids_file``) by the
+            caller; ``None`` loads it from ``dev``.
 
     Raises:
         ValueError: ``doc_model`` is set (per-epoch evaluation is symmetric: the student
@@ -188,7 +195,7 @@ def dev_evaluator(dev: DevSpec, name: str = "dev"):
 
     if dev.doc_model:
         raise ValueError("dev.each_epoch evaluates the student on both sides; unset dev.doc_model or each_epoch")
-    coll, qids = _judged_dev(dev)
+    coll, qids = _judged_dev(dev, collection)
     relevant = {q: {d for d, g in coll.qrels[q].items() if g >= 1} for q in qids}
     return InformationRetrievalEvaluator(
         queries={q: coll.queries[q] for q in qids},
@@ -398,15 +405,16 @@ def _prepare_leaf(job: StudentJob, examples: list[dict], facts: dict) -> TrainCo
     return cfg
 
 
-def evaluate_dev(model_dir: str | os.PathLike, dev: DevSpec) -> dict:
+def evaluate_dev(model_dir: str | os.PathLike, dev: DevSpec, collection=None) -> dict:
     """Exhaustive dense search (FAISS inner product over L2-normalised vectors) of the dev
-    queries over the dev corpus; returns the metrics dict (``EvalResult.to_dict``)."""
+    queries over the dev corpus; returns the metrics dict (``EvalResult.to_dict``).
+    ``collection``: the dev collection already loaded by the caller (``None`` loads it)."""
     import faiss
 
     from retrieval_distill.evaluation.metrics import evaluate
     from retrieval_distill.models.encoder import Encoder
 
-    coll = _dev_collection(dev)
+    coll = _dev_collection(dev) if collection is None else collection
     enc = Encoder(dev.doc_model or str(model_dir), query_model=str(model_dir), batch_size=dev.batch_size)
     docids = coll.docids
     d = enc.encode_documents(coll.doc_texts(docids))
@@ -441,13 +449,15 @@ def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool =
         cfg = _prepare_leaf(job, examples, facts)
     elif job.leaf is not None:
         raise ValueError("`leaf:` is set but no `leaf` loss is configured in train.losses")
-    if job.dev is not None:
-        facts["dev_judged_queries"] = check_dev(job.dev)  # bad dev input fails here, not after training
-    evaluator = dev_evaluator(job.dev) if job.dev is not None and job.dev.each_epoch else None
+    dev_coll = None
+    if job.dev is not None:  # loaded once; bad dev input fails here, not after training
+        dev_coll, dev_qids = _judged_dev(job.dev)
+        facts["dev_judged_queries"] = len(dev_qids)
+    evaluator = dev_evaluator(job.dev, collection=dev_coll) if job.dev is not None and job.dev.each_epoch else None
     out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator,
                         keep_best=job.dev is not None and job.dev.keep == "best")
     if job.dev is not None:
-        update_card(out, dev_metrics=evaluate_dev(out, job.dev))
+        update_card(out, dev_metrics=evaluate_dev(out, job.dev, collection=dev_coll))
     return out
 
 
