@@ -336,7 +336,7 @@ class Pipeline:
         data["teacher"] = json.loads(self.path("teacher", "ensemble.json").read_text())
         data["stage_seconds"] = {k: round(v, 1) for k, v in self.timings.items()}
         sections = {
-            f"{self.cfg.name} {split} ({t['student'].n_judged} judged queries)": format_table(t, metrics) for split, t in tables.items()
+            _table_heading(self.cfg.name, split, t["student"].n_judged): format_table(t, metrics) for split, t in tables.items()
         }
         sections["Significance on test vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
         write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
@@ -358,8 +358,15 @@ class Pipeline:
         self.echo("\nstage wall times: " + ", ".join(f"{k} {v:.1f}s" + (" (skipped)" if k in self.skipped else "") for k, v in self.timings.items()))
         self.echo(f"total wall time: {total:.1f} s")
         if result:
-            self.echo("\n" + _report_section(Path(self.cfg.eval.report), f"{self.cfg.name} test ("))
+            self.echo("\n" + _report_section(Path(self.cfg.eval.report), _table_heading(self.cfg.name, "test")))
         return result
+
+
+def _table_heading(name: str, split: str, n_judged: int | None = None) -> str:
+    """A report table's heading, ``"{name} {split} ({n_judged} judged queries)"``; without
+    ``n_judged``, the prefix that :func:`_report_section` finds it by."""
+    prefix = f"{name} {split} ("
+    return prefix if n_judged is None else f"{prefix}{n_judged} judged queries)"
 
 
 def _report_section(report_md: Path, prefix: str) -> str:
