@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     refused = None
     ours = build_teacher({"kind": "cross_encoder", "model": a.model, "options": {**opts, "quantize": "int8"}})
-    int8_runner = ours._score_fast  # the int8 graph alone, without the check
+    int8_runner = ours.score_unchecked  # the int8 graph alone, without the check
     try:
         ours.score(qs[:64], ps[:64])  # one-time: export/quantise (cached) + the fp32 check
     except SpeedCheckError as e:  # the int8 path refuses to run silently wrong: say so, still time it
