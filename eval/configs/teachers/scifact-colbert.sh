@@ -6,6 +6,10 @@
 # Needs `make demo` (work/scifact-quick) and work/teachers/scifact/dev.qids (scifact-leaderboard.sh).
 #   bash eval/configs/teachers/scifact-colbert.sh [MODEL]      (default all-MiniLM-L6-v2)
 #   SPLITS=test bash eval/configs/teachers/scifact-colbert.sh  (score only the test lists)
+#   KINDS=fit ONEPASS=1 bash eval/configs/teachers/scifact-colbert.sh all-mpnet-base-v2  (only the fitted
+#   teacher; ONEPASS=1 scores the dev and test lists in ONE job over the whole SciFact folder (their
+#   qids are disjoint, the corpus is shared), so the document token pass, the expensive part with
+#   all-mpnet-base-v2, runs once instead of twice; the figures are the same per query)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -13,8 +17,17 @@ M=${1:-all-MiniLM-L6-v2}; N=$(basename $M)
 W=work/teachers/scifact; Q=work/scifact-quick
 [ -f $W/colbert-$N-fit/teacher.json ] || rd teacher fit-colbert --model $M --dataset beir/scifact/train \
     --candidates $Q/candidates/train.trec --exclude-qids $W/dev.qids -o $W/colbert-$N-fit --dim 128 --epochs 10
-for T in zero fit; do
+for T in ${KINDS:-zero fit}; do
   S=$([ $T = zero ] && echo "{\"kind\":\"colbert\",\"name\":\"maxsim-$N\",\"model\":\"$M\"}" || echo $W/colbert-$N-fit/teacher.json)
+  if [ "${ONEPASS:-0}" = 1 ]; then
+    [ -f $W/devtest.trec ] || { cat $Q/candidates/dev.trec $Q/candidates/test.trec > $W/devtest.trec.tmp \
+        && mv $W/devtest.trec.tmp $W/devtest.trec; }
+    [ -f $W/maxsim-$N-$T.devtest/manifest.json ] || rd teacher score -t "$S" --candidates $W/devtest.trec \
+        --dataset ../shared/data/beir/scifact -o $W/maxsim-$N-$T.devtest --no-progress
+    rd teacher evaluate $W/maxsim-$N-$T.devtest --dataset beir/scifact/train --qids $W/dev.qids
+    rd teacher evaluate $W/maxsim-$N-$T.devtest --dataset beir/scifact/test
+    continue
+  fi
   for SP in ${SPLITS:-dev test}; do
     SPLIT=$([ $SP = dev ] && echo train || echo test)
     [ -f $W/maxsim-$N-$T.$SP/manifest.json ] || rd teacher score -t "$S" --candidates $Q/candidates/$SP.trec \
