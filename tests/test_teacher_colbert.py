@@ -193,3 +193,53 @@ def test_fit_colbert_cli_reports_bad_input_in_one_line(adi, tmp_path):
     r = run()
     assert r.exit_code == 2 and "c.trec:1: expected 6 columns" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_doc_states_of_an_earlier_job_are_reused_and_checked(adi, adi_bm25_run, tmp_path, monkeypatch):
+    """Option ``doc_states``: a second scoring job of the same teacher over the same corpus
+    preloads the first job's saved document token states, encodes only documents the first
+    did not, and gives the scores a job without the option gives; a changed text is
+    re-encoded; another teacher's folder is refused."""
+    from retrieval_distill.teachers.colbert import ColBERTTeacher
+    from retrieval_distill.teachers.scoring import read_scores, score_candidates
+
+    _, run = adi_bm25_run
+    lines = open(run).read().splitlines()
+    first = [ln for ln in lines if int(ln.split()[0]) <= 17]
+    second = [ln for ln in lines if int(ln.split()[0]) > 17]
+    (tmp_path / "a.trec").write_text("\n".join(first) + "\n")
+    (tmp_path / "b.trec").write_text("\n".join(second) + "\n")
+    spec = {"kind": "colbert", "name": "maxsim", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128}}
+    text = adi.doc_text
+    kw = dict(corpus_ids=adi.corpus.keys(), progress=False)
+    score_candidates(spec, tmp_path / "a.trec", adi.queries, text, tmp_path / "A", **kw)
+    docs_a = {ln.split()[2] for ln in first}
+    docs_b = {ln.split()[2] for ln in second}
+    assert docs_b - docs_a and docs_b & docs_a  # some reused, some new
+
+    encoded: list[int] = []
+    orig = ColBERTTeacher.encode_document_state
+    monkeypatch.setattr(ColBERTTeacher, "encode_document_state", lambda self, p: encoded.append(len(p)) or orig(self, p))
+    reuse = {**spec, "options": {**spec["options"], "doc_states": str(tmp_path / "A")}}
+    score_candidates(reuse, tmp_path / "b.trec", adi.queries, text, tmp_path / "B", **kw)
+    assert sum(encoded) == len(docs_b - docs_a)
+    encoded.clear()
+    score_candidates(spec, tmp_path / "b.trec", adi.queries, text, tmp_path / "C", **kw)
+    assert sum(encoded) == len(docs_b)
+    b, c = (read_scores(tmp_path / x).sort_values(["qid", "docid"]).reset_index(drop=True) for x in "BC")
+    assert b[["qid", "docid", "teacher"]].equals(c[["qid", "docid", "teacher"]])
+    # the documents were batched with other documents (other padding widths), so the fp32
+    # matmuls differ in the last bits; the scores agree to float16 state precision
+    np.testing.assert_allclose(b["score"].to_numpy(), c["score"].to_numpy(), rtol=1e-5, atol=1e-4)
+
+    # a document whose text is not the one its state was computed from is encoded again
+    changed = sorted(docs_b & docs_a)[0]
+    encoded.clear()
+    score_candidates(reuse, tmp_path / "b.trec", adi.queries, lambda d: text(d) + (" extra words" if d == changed else ""),
+                     tmp_path / "D", **kw)  # fmt: skip
+    assert sum(encoded) == len(docs_b - docs_a) + 1
+
+    with pytest.raises(ValueError, match="not of this teacher"):
+        build_teacher({**spec, "options": {"doc_maxlen": 64, "doc_states": str(tmp_path / "A")}})
+    with pytest.raises(FileNotFoundError, match="not a score folder"):
+        build_teacher({**spec, "options": {**spec["options"], "doc_states": str(tmp_path / "nowhere")}})

@@ -292,5 +292,12 @@ def test_other_teacher_commands_report_bad_input_in_one_line(adi, adi_bm25_run, 
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 2 and "error: " in r.output and msg in r.output and "Traceback" not in r.output, (args, r.output)
     assert not (tmp_path / "w.json").exists() and not (tmp_path / "x.tsv").exists() and not (tmp_path / "imp").exists()
-    r = CliRunner().invoke(app, ["teacher", "evaluate", str(scores), "--dataset", str(ADI), "--split", "test"])
+    r = CliRunner().invoke(app, ["teacher", "evaluate", str(scores), "--dataset", str(ADI), "--split", "test",
+                                 "--run", str(tmp_path / "teacher.trec")])  # fmt: skip
     assert r.exit_code == 0 and json.loads(r.output)["queries"] == 3, r.output
+    # --run: the teacher's reranking as a TREC run: BM25 over its own top 10 gives back that run
+    back = read_run(tmp_path / "teacher.trec")
+    assert list(back) == sorted(run)[:3]
+    for q in back:
+        assert list(back[q]) == list(run[q]) and np.allclose(list(back[q].values()), list(run[q].values()), atol=1e-4)
+    assert all(ln.split()[5] == "bm25" for ln in (tmp_path / "teacher.trec").read_text().splitlines())

@@ -317,8 +317,10 @@ def evaluate_cmd(
     split: str = typer.Option(None),
     qids: Path = typer.Option(None, help="only these qids (first column), e.g. the dev split"),
     qrels_file: str = typer.Option(None, help="another qrels file inside the dataset folder"),
+    run: Path = typer.Option(None, help="also write the teacher's reranking of every scored query as a TREC run (for rd eval compare)"),
 ):
-    """nDCG@10 and MRR@10 of the teacher's reranking of its candidates, plus its pairs/s."""
+    """nDCG@10 and MRR@10 of the teacher's reranking of its candidates, plus its pairs/s;
+    ``--run`` writes that reranking as a TREC run (written atomically)."""
     from ranx import Qrels, Run, evaluate
 
     from retrieval_distill.data.collections import load_beir_folder, load_collection
@@ -341,6 +343,10 @@ def evaluate_cmd(
         _fail(e)
     res = evaluate(Qrels({q: coll.qrels[q] for q in judged}), Run({q: sc[q] for q in judged}), ["ndcg@10", "mrr@10"])
     m = load_manifest(scores)
+    if run:
+        from retrieval_distill.evaluation.runs import write_run
+
+        write_run(run, sc, tag=m["teacher_name"])
     lr = m.get("last_run") or {}
     typer.echo(json.dumps({"scores": str(scores), "teacher": m["teacher_name"], "queries": len(judged), "skipped_unjudged": len(sc) - len(judged),
                            "ndcg@10": round(res["ndcg@10"], 4), "mrr@10": round(res["mrr@10"], 4), "pairs": m["counts"]["pairs"],

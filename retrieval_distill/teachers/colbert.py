@@ -39,7 +39,13 @@ rounding is applied on every path, cached or not, so scores do not depend on cac
 Options: ``batch_size`` (32), ``query_maxlen`` (64), ``doc_maxlen`` (256), ``markers``
 (``[q_marker, d_marker]`` or null), ``augment`` (false), ``projection`` (``identity``,
 ``checkpoint``, or a ``.pt``/``.npy`` path of a (dim_out, dim_in) matrix),
-``skip_special`` (true), ``skip_punctuation`` (true), ``cache_documents`` (true).
+``skip_special`` (true), ``skip_punctuation`` (true), ``cache_documents`` (true),
+``doc_states`` (null: the score folder of an earlier ``rd teacher score`` job of this same
+teacher over the same corpus; its saved document token states are preloaded, so scoring
+another candidate set, e.g. a corpus's real queries after its synthetic ones, skips the
+document pass for every document already encoded there. Checked: the folder's teacher
+fingerprint must equal this teacher's (the option itself does not enter the fingerprint),
+and a document whose text differs from the one the state was computed from is re-encoded).
 """
 
 from __future__ import annotations
@@ -101,6 +107,40 @@ class ColBERTTeacher:
         self._doc_cache: dict[str, np.ndarray] = {}
         self._query_cache: dict[str, np.ndarray] = {}
         self._fp: str | None = None
+        self._preloaded: dict[str, str] = {}  # docid -> text SHA-1 of states from doc_states
+        if o.get("doc_states"):
+            self.load_document_states(o["doc_states"])
+
+    def load_document_states(self, folder) -> int:
+        """Preload the document token states an earlier scoring job of this teacher saved
+        (see the ``doc_states`` option).
+
+        Returns:
+            the number of documents loaded.
+
+        Raises:
+            FileNotFoundError / ValueError: see :func:`retrieval_distill.teachers.scoring.read_document_states`.
+        """
+        from retrieval_distill.teachers.scoring import read_document_states
+
+        docids, states, hashes = read_document_states(folder, self.fingerprint)
+        self.set_document_embeddings(docids, states)
+        self._preloaded.update(zip(docids, hashes))
+        return len(docids)
+
+    def preloaded_docids(self) -> set[str]:
+        """Docids whose token states came from ``doc_states`` (the scoring job skips them)."""
+        return set(self._preloaded)
+
+    def preloaded_text_hashes(self) -> dict[str, str]:
+        """docid -> SHA-1 (16 hex) of the text its preloaded state was computed from."""
+        return dict(self._preloaded)
+
+    def drop_preloaded(self, docids) -> None:
+        """Forget preloaded states (their text differs here); they are encoded again."""
+        for d in docids:
+            self._preloaded.pop(d, None)
+            self._doc_cache.pop(d, None)
 
     # -- set-up -------------------------------------------------------------------------
     def _load_projection(self, proj):
@@ -146,7 +186,9 @@ class ColBERTTeacher:
                 from retrieval_distill.utils import fingerprint_files
 
                 extra = fingerprint_files([proj])
-            self._fp = spec_fingerprint(self.spec, model_fingerprint(self.path) + extra)
+            # preloaded document states change where token states come from, not the scores
+            opts = {k: v for k, v in self.spec.options.items() if k != "doc_states"}
+            self._fp = spec_fingerprint(self.spec.model_copy(update={"options": opts}), model_fingerprint(self.path) + extra)
         return self._fp
 
     @property
@@ -231,6 +273,7 @@ class ColBERTTeacher:
             self._doc_cache[str(d)] = np.asarray(e, dtype=np.float16)
 
     def clear_cache(self) -> None:
+        self._preloaded.clear()
         self._doc_cache.clear()
         self._query_cache.clear()
 

@@ -275,12 +275,21 @@ def has_document_state(teacher) -> bool:
     )
 
 
-def _save_state(path: Path, state) -> None:
+def text_hash(text: str) -> str:
+    """16 hex chars of SHA-1 of a passage text: tells whether a saved document state was
+    computed from the same text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _save_state(path: Path, state, docids: list[str] | None = None, hashes: list[str] | None = None) -> None:
     if isinstance(state, np.ndarray):
         arrays = {"dense": state}
     else:  # ragged: list of (len_i, d) arrays
         lengths = np.asarray([len(s) for s in state], dtype=np.int64)
         arrays = {"flat": np.concatenate(state) if len(state) else np.zeros((0, 0), np.float32), "lengths": lengths}
+    if docids is not None:  # so that another job of the same teacher can reuse the chunk
+        arrays["docids"] = np.asarray(docids, dtype=str)
+        arrays["text_sha1"] = np.asarray(hashes, dtype=str)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -297,6 +306,51 @@ def _load_state(path: Path, n: int):
         if len(lengths) != n or int(lengths.sum()) != flat.shape[0]:
             raise ValueError("lengths do not match")
         return np.split(flat, np.cumsum(lengths)[:-1]) if n else []
+
+
+def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str], list, list[str]]:
+    """The document state saved by an earlier scoring job (its ``docstate/`` chunks), for
+    another job of the same teacher over the same corpus (ColBERT option ``doc_states``).
+
+    Args:
+        folder: the earlier job's score folder (holding ``manifest.json`` and ``docstate/``).
+        fingerprint: the reusing teacher's fingerprint; the folder's must be equal.
+
+    Returns:
+        ``(docids, states, text_sha1)``: n docids, their n states (e.g. float16 (n_tokens, dim)
+        arrays), and 16-hex SHA-1s of the texts they were computed from (see :func:`text_hash`);
+        the scoring job recomputes a document whose text differs.
+
+    Raises:
+        FileNotFoundError: no score folder or no ``docstate/`` chunks in it.
+        ValueError: made by another teacher (fingerprint), or chunks written before document
+            states recorded their docids.
+    """
+    folder = Path(folder)
+    man = load_manifest(folder)
+    if man is None:
+        raise FileNotFoundError(f"{folder}: not a score folder (no {MANIFEST})")
+    if man.get("teacher_fingerprint") != fingerprint:
+        raise ValueError(
+            f"{folder}: document states of teacher {man.get('teacher_name')!r} (fingerprint {man.get('teacher_fingerprint')}), "
+            f"not of this teacher (fingerprint {fingerprint}): other weights, projection or options"
+        )
+    chunks = sorted((folder / DOCSTATE).glob("chunk-*.npz"))
+    if not chunks:
+        raise FileNotFoundError(f"{folder / DOCSTATE}: no document-state chunks")
+    docids: list[str] = []
+    states: list = []
+    hashes: list[str] = []
+    for path in chunks:
+        with np.load(path) as z:
+            if "docids" not in z:
+                raise ValueError(f"{path}: written before document states recorded their docids; rescore that folder to reuse it")
+            ids, h = [str(x) for x in z["docids"]], [str(x) for x in z["text_sha1"]]
+        docids += ids
+        hashes += h
+        st = _load_state(path, len(ids))
+        states += list(st)
+    return docids, states, hashes
 
 
 def load_document_state(teacher, chunks: list[tuple[str, list[str]]]) -> None:
@@ -317,6 +371,14 @@ def prepare_document_state(
 
     preloaded = getattr(teacher, "preloaded_docids", None)
     preloaded = preloaded() if callable(preloaded) else set()
+    hashes = getattr(teacher, "preloaded_text_hashes", None)
+    if callable(hashes) and preloaded:  # state saved by another job: only if made from the same text
+        h = hashes()
+        stale = sorted(d for d in set(docids) & preloaded if d in h and h[d] != text_hash(doc_text(d)))
+        if stale:
+            log.warning("document pass: %d preloaded documents have another text here (e.g. %s): recomputing them", len(stale), stale[0])
+            teacher.drop_preloaded(stale)
+            preloaded = preloaded - set(stale)
     docids = sorted(set(docids) - preloaded)  # e.g. a bi-encoder given an encoding folder
     if preloaded:
         log.info("document pass: %d documents preloaded by the teacher, %d to encode", len(preloaded), len(docids))
@@ -331,13 +393,17 @@ def prepare_document_state(
         state = None
         if path.exists():
             try:
+                with np.load(path) as z:  # chunks since session 8 name their docids
+                    if "docids" in z and [str(x) for x in z["docids"]] != ids:
+                        raise ValueError("it holds other docids (the set of documents to encode changed)")
                 state = _load_state(path, len(ids))
             except Exception as e:  # noqa: BLE001
-                log.warning("%s: corrupt document-state chunk (%s): deleting and recomputing", path, e)
+                log.warning("%s: unusable document-state chunk (%s): deleting and recomputing", path, e)
                 path.unlink()
         if state is None:
-            state = teacher.encode_document_state([doc_text(d) for d in ids])
-            _save_state(path, state)
+            texts = [doc_text(d) for d in ids]
+            state = teacher.encode_document_state(texts)
+            _save_state(path, state, ids, [text_hash(t) for t in texts])
             state = _load_state(path, len(ids))  # use exactly what is on disk
         teacher.set_document_embeddings(ids, state)
         chunks.append((str(path), ids))
