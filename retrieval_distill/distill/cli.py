@@ -408,17 +408,19 @@ def _prepare_leaf(job: StudentJob, examples: list[dict], facts: dict) -> TrainCo
 def evaluate_dev(model_dir: str | os.PathLike, dev: DevSpec, collection=None) -> dict:
     """Exhaustive dense search (FAISS inner product over L2-normalised vectors) of the dev
     queries over the dev corpus; returns the metrics dict (``EvalResult.to_dict``).
-    ``collection``: the dev collection already loaded by the caller (``None`` loads it)."""
+    ``collection``: the dev collection already loaded by the caller (``None`` loads it).
+
+    Raises:
+        ValueError: no judged dev query, or query and document vectors of other dimensions."""
     import faiss
 
     from retrieval_distill.evaluation.metrics import evaluate
     from retrieval_distill.models.encoder import Encoder
 
-    coll = _dev_collection(dev) if collection is None else collection
+    coll, qids = _judged_dev(dev, collection)
     enc = Encoder(dev.doc_model or str(model_dir), query_model=str(model_dir), batch_size=dev.batch_size)
     docids = coll.docids
     d = enc.encode_documents(coll.doc_texts(docids))
-    qids = coll.judged_qids()
     q = enc.encode_queries([coll.queries[x] for x in qids])
     if q.shape[1] != d.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != document dim {d.shape[1]}: not an aligned pair")

@@ -10,13 +10,23 @@
 #   TEACHER=mpnet bash eval/configs/students/classic-synth.sh cranfield 300   (teacher = all-mpnet-base-v2
 #   alone, cosine, over an mpnet encoding of the corpus: no BM25 member, so the teacher does not reward
 #   the lexical copying that synthetic queries invite; work/students/cranfield-synth-300-mpnet/)
+#   TEACHER=colbert bash eval/configs/students/classic-synth.sh cranfield 300   (teacher = the fitted
+#   ColBERT over all-mpnet-base-v2 tokens, fitted on SciFact train qrels by
+#   `KINDS=fit bash eval/configs/teachers/scifact-colbert.sh all-mpnet-base-v2` (COLBERT_SPEC names its
+#   teacher.json): a teacher trained on another corpus's judgements, as GPL uses an MS MARCO
+#   cross-encoder; no Cranfield judgement is used. Its MaxSim margins are put on the student's
+#   scale by the ratio of the init's per-query score spread to the teacher's (median over the
+#   synthetic queries' candidate lists). The teacher's own figure on the real queries reranks
+#   BM25 top-100 ∪ init top-100, reusing the synthetic job's document token states (doc_states).
+#   work/students/cranfield-synth-300-colbert/)
 #   SEED=14 ...   (the student's training seed; the synthetic queries keep seed 13; folder suffix -s14)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 C=${1:-cranfield}; MAXDOCS=${2:-300}; EPOCHS=${EPOCHS:-1}; KINDS=${KINDS:-title,sentence,keywords}
 TEACHER=${TEACHER:-bm25+minilm}; SEED=${SEED:-13}
-case $TEACHER in bm25+minilm|mpnet) ;; *) echo "TEACHER must be bm25+minilm or mpnet, got $TEACHER" >&2; exit 2;; esac
+case $TEACHER in bm25+minilm|mpnet|colbert) ;; *) echo "TEACHER must be bm25+minilm, mpnet or colbert, got $TEACHER" >&2; exit 2;; esac
+COLBERT_SPEC=${COLBERT_SPEC:-work/teachers/scifact/colbert-all-mpnet-base-v2-fit/teacher.json}
 D=../shared/data/classic/$C
 W=work/students/$C-synth-$MAXDOCS$([ $KINDS = title,sentence,keywords ] || echo "-${KINDS//,/-}")
 W=$W$([ $TEACHER = bm25+minilm ] || echo "-$TEACHER")$([ $SEED = 13 ] || echo "-s$SEED")
@@ -38,6 +48,38 @@ if [ $TEACHER = mpnet ]; then
  "options": {"embeddings": "$(ls -d $W/mpnet-index/encodings/* | head -1)"}}
 JSON
   T=mpnet; TSCALE=1.0    # cosine teacher, cosine student: margins already on one scale
+  RUNS="init student mpnet"; TEACHER_RUN=mpnet-teacher=$W/mpnet.test.trec   # exhaustive mpnet search
+  [ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
+elif [ $TEACHER = colbert ]; then
+  [ -f $COLBERT_SPEC ] || { echo "$COLBERT_SPEC: no fitted ColBERT teacher (see the header)" >&2; exit 2; }
+  T=$(python -c "import sys; from retrieval_distill.teachers.base import parse_spec; print(parse_spec(sys.argv[1]).display_name())" $COLBERT_SPEC)
+  # the init's own cosines over the same lists, for the scale only
+  [ -f $W/init-scores/manifest.json ] || rd teacher score -t "{\"kind\": \"bi_encoder\", \"name\": \"init\", \"model\": \"all-MiniLM-L6-v2\", \"options\": {\"embeddings\": \"$(ls -d $W/init-index/encodings/* | head -1)\"}}" \
+    --candidates $W/cands.trec --dataset $W/synth --split train -o $W/init-scores --no-progress
+  [ -f $W/scores/manifest.json ] || rd teacher score -t $COLBERT_SPEC --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
+  TSCALE=$(python - $W <<'PY'
+import sys
+from retrieval_distill.teachers.scoring import read_scores
+w = sys.argv[1]
+spread = lambda f: read_scores(f).groupby("qid")["score"].std().median()
+print(f"{spread(w + '/init-scores') / spread(w + '/scores'):.4f}")
+PY
+)
+  echo "teacher_scale $TSCALE (init's median per-query score std / the teacher's)"
+  # the teacher's own reranking of the real queries' BM25 top-100 ∪ init top-100
+  [ -f $W/init.test.trec ] || rd eval run $D $W/init.test.trec --split test --searcher dense --index $W/init-index --k 100 --tag init
+  [ -f $W/bm25.test.trec ] || rd eval run $D $W/bm25.test.trec --split test --searcher bm25 --index $W/bm25 --k 100 --tag bm25
+  awk '{print $1, $3}' $W/bm25.test.trec $W/init.test.trec | sort -u | awk '{print $1, "Q0", $2, NR, 0, "cands"}' > $W/real-cands.trec
+  python - $COLBERT_SPEC $W <<'PY' > $W/teacher-real.json
+import json, sys
+from retrieval_distill.teachers.base import parse_spec
+spec = parse_spec(sys.argv[1]).model_dump()
+spec["options"]["doc_states"] = sys.argv[2] + "/scores"   # reuse the synthetic job's document token pass
+print(json.dumps(spec))
+PY
+  [ -f $W/teacher-real/manifest.json ] || rd teacher score -t $W/teacher-real.json --candidates $W/real-cands.trec --dataset $D --split test -o $W/teacher-real --no-progress
+  rd teacher evaluate $W/teacher-real --dataset $D --split test --run $W/colbert.test.trec
+  RUNS="init student"; TEACHER_RUN=colbert-teacher=$W/colbert.test.trec
 else
   cat > $W/teacher.json <<JSON
 {"kind": "ensemble", "name": "ens", "normalization": "zscore", "weights": [0.5, 0.5],
@@ -46,8 +88,9 @@ else
               "options": {"embeddings": "$(ls -d $W/init-index/encodings/* | head -1)"}}]}
 JSON
   T=ens; TSCALE=0.1      # z-scores (std 1) mapped onto cosine-sized margins
+  RUNS="init student"; TEACHER_RUN=
+  [ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
 fi
-[ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
 cat > $W/student.yaml <<YAML
 collection: $W/synth
 split: train
@@ -68,12 +111,11 @@ train:
 YAML
 [ -f $W/student/model.safetensors ] || rd student train $W/student.yaml
 [ -f $W/student-index/CURRENT ] || rd index build --model $W/student --dataset $D --split test --out $W/student-index
-RUNS="init student"; [ $TEACHER = mpnet ] && RUNS="$RUNS mpnet"
 for R in $RUNS; do
   [ -f $W/$R.test.trec ] || rd eval run $D $W/$R.test.trec --split test --searcher dense --index $W/$R-index --k 100 --tag $R
 done
 rd eval run $D $W/bm25.test.trec --split test --searcher bm25 --index $W/bm25 --k 100 --tag bm25
 rd eval compare --qrels $D --split test --baseline init init=$W/init.test.trec bm25=$W/bm25.test.trec \
-  $([ $TEACHER = mpnet ] && echo mpnet-teacher=$W/mpnet.test.trec) student=$W/student.test.trec \
+  $TEACHER_RUN student=$W/student.test.trec \
   --metrics ndcg@10,mrr@10,recall@100 --out-md $W/report.md --out-json $W/report.json
 cat $W/report.md
