@@ -175,3 +175,53 @@ def test_ict_positive_is_the_document_without_the_query_sentence(tmp_path, adi):
     # default kinds make no ict queries and no positives.jsonl (earlier outputs unchanged)
     plain = synth_corpus(ADI, tmp_path / "plain", seed=13, kinds=["title"])
     assert not plain.positive_texts and not (tmp_path / "plain" / "positives.jsonl").exists()
+
+
+def test_teacher_positives_drop_the_source_and_take_the_teachers_top(adi_synth, adi_bm25_run, tmp_path):
+    """rd queries teacher-positives: the source document leaves every list, the positive is
+    the BM25 teacher's best remaining candidate, the folder trains as a collection, and
+    scores of other candidates are refused."""
+    from retrieval_distill.cli import app
+    from retrieval_distill.evaluation.runs import read_run, write_run
+    from retrieval_distill.search.bm25 import BM25Searcher
+    from retrieval_distill.teachers.scoring import scores_dict, score_candidates
+
+    out, _ = adi_synth
+    coll = load_collection(out, split="train")
+    index, _ = adi_bm25_run
+    qs = dict(sorted(coll.queries.items())[:40])
+    hits = BM25Searcher(index).batch_search(qs, k=8)
+    run = {q: {h.docid: h.score for h in hs} for q, hs in hits.items()}
+    for q in run:  # the source document is always a candidate (as classic-synth.sh adds it)
+        for d in coll.qrels[q]:
+            run[q].setdefault(d, 0.0)
+    write_run(tmp_path / "cands.trec", run, tag="cands")
+    score_candidates({"kind": "bm25", "name": "bm25", "options": {"index": str(index)}}, tmp_path / "cands.trec",
+                     coll.queries, coll.doc_text, tmp_path / "scores", progress=False)  # fmt: skip
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(out), str(tmp_path / "tp"),
+                                 "--candidates", str(tmp_path / "cands.trec"), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    sc = scores_dict(tmp_path / "scores")
+    new = load_collection(tmp_path / "tp", split="train")
+    cands = read_run(tmp_path / "tp" / "candidates.trec")
+    kept = {q for q in run if set(run[q]) - set(coll.qrels[q])}  # a query whose only candidate is its source is skipped
+    assert set(new.judged_qids()) == set(cands) == kept and len(kept) < len(run)
+    dropped = sum(len(set(coll.qrels[q]) & set(run[q])) for q in run)
+    for q in kept:
+        src = set(coll.qrels[q])
+        assert not src & set(cands[q])  # the source is gone from the list ...
+        (pos,) = new.qrels[q]  # ... and the positive is the teacher's best of the rest
+        rest = [d for d in run[q] if d not in src]
+        assert pos in rest and sc[q][pos] == max(sc[q][d] for d in rest)
+        assert new.queries[q] == coll.queries[q]
+    info = json.loads((tmp_path / "tp" / "teacher_positives.json").read_text())
+    assert info["queries"] == len(kept) and info["dropped_pairs"] == dropped and info["no_candidates"] == len(run) - len(kept)
+    # a candidate the teacher never scored: refused, one line
+    extra = tmp_path / "extra.trec"
+    extra.write_text((tmp_path / "cands.trec").read_text() + f"{next(iter(run))} Q0 nosuchdoc 99 0 x\n")
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(out), str(tmp_path / "tp2"),
+                                 "--candidates", str(extra), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 2 and "no teacher score for" in r.output and "nosuchdoc" in r.output, r.output
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(tmp_path / "none"), str(tmp_path / "tp3"),
+                                 "--candidates", str(extra), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 2 and "no qrels in the synthetic folder" in r.output, r.output

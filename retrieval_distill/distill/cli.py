@@ -491,6 +491,28 @@ def train_cmd(
         typer.echo(json.dumps(card["dev_metrics"]["overall"], indent=2))
 
 
+@queries_app.command("teacher-positives")
+def teacher_positives_cmd(
+    synth_dir: Path = typer.Argument(..., help="a rd queries synth folder"),
+    out_dir: Path = typer.Argument(..., help="output folder: qrels/<split>.tsv, candidates.trec, links to queries and corpus"),
+    candidates: Path = typer.Option(..., help="the synthetic queries' candidates (TREC run)"),
+    scores: Path = typer.Option(..., help="the teacher's score folder over those candidates"),
+    split: str = typer.Option("train", help="qrels split name"),
+):
+    """Drop each synthetic query's source document from its candidates and make the teacher's
+    top-scored remaining candidate its positive (train with OUT_DIR as the collection and
+    OUT_DIR/candidates.trec as the candidates)."""
+    from retrieval_distill.data.collections import DataFormatError
+    from retrieval_distill.distill.synth import teacher_positives
+
+    try:
+        counts = teacher_positives(synth_dir, candidates, scores, out_dir, split=split)
+    except (FileNotFoundError, DataFormatError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{counts['queries']} queries relabelled -> {out_dir} ({json.dumps(counts)})")
+
+
 @queries_app.command("synth")
 def synth_cmd(
     corpus: str = typer.Argument(..., help="corpus.jsonl, a BEIR folder, or a local id like classic/adi"),

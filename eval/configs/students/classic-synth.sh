@@ -20,16 +20,21 @@
 #   BM25 top-100 ∪ init top-100, reusing the synthetic job's document token states (doc_states).
 #   work/students/cranfield-synth-300-colbert/)
 #   SEED=14 ...   (the student's training seed; the synthetic queries keep seed 13; folder suffix -s14)
+#   POSITIVE=teacher ...   (drop each synthetic query's source document from its list and train on
+#   the teacher's top-scored remaining candidate as the positive: the query was copied from the
+#   source, so "find the source" teaches copying; the teacher's preferences among the other
+#   documents are ordinary relevance judgements. Folder suffix -tpos)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 C=${1:-cranfield}; MAXDOCS=${2:-300}; EPOCHS=${EPOCHS:-1}; KINDS=${KINDS:-title,sentence,keywords}
-TEACHER=${TEACHER:-bm25+minilm}; SEED=${SEED:-13}
+TEACHER=${TEACHER:-bm25+minilm}; SEED=${SEED:-13}; POSITIVE=${POSITIVE:-source}
+case $POSITIVE in source|teacher) ;; *) echo "POSITIVE must be source or teacher, got $POSITIVE" >&2; exit 2;; esac
 case $TEACHER in bm25+minilm|mpnet|colbert) ;; *) echo "TEACHER must be bm25+minilm, mpnet or colbert, got $TEACHER" >&2; exit 2;; esac
 COLBERT_SPEC=${COLBERT_SPEC:-work/teachers/scifact/colbert-all-mpnet-base-v2-fit/teacher.json}
 D=../shared/data/classic/$C
 W=work/students/$C-synth-$MAXDOCS$([ $KINDS = title,sentence,keywords ] || echo "-${KINDS//,/-}")
-W=$W$([ $TEACHER = bm25+minilm ] || echo "-$TEACHER")$([ $SEED = 13 ] || echo "-s$SEED")
+W=$W$([ $TEACHER = bm25+minilm ] || echo "-$TEACHER")$([ $SEED = 13 ] || echo "-s$SEED")$([ $POSITIVE = source ] || echo "-tpos")
 mkdir -p $W
 [ -f $W/synth/queries.jsonl ] || rd queries synth classic/$C $W/synth --max-docs $MAXDOCS --seed 13 --kinds $KINDS
 [ -d $W/bm25 ] || rd bm25 index $D $W/bm25
@@ -91,10 +96,15 @@ JSON
   RUNS="init student"; TEACHER_RUN=
   [ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
 fi
+SYNTH=$W/synth; CANDS=$W/cands.trec
+if [ $POSITIVE = teacher ]; then
+  SYNTH=$W/synth-tpos; CANDS=$W/synth-tpos/candidates.trec
+  [ -f $CANDS ] || rd queries teacher-positives $W/synth $SYNTH --candidates $W/cands.trec --scores $W/scores
+fi
 cat > $W/student.yaml <<YAML
-collection: $W/synth
+collection: $SYNTH
 split: train
-candidates: $W/cands.trec
+candidates: $CANDS
 scores: $W/scores
 teacher: $T
 output: $W/student
