@@ -225,3 +225,9 @@ def test_teacher_positives_drop_the_source_and_take_the_teachers_top(adi_synth, 
     r = CliRunner().invoke(app, ["queries", "teacher-positives", str(tmp_path / "none"), str(tmp_path / "tp3"),
                                  "--candidates", str(extra), "--scores", str(tmp_path / "scores")])  # fmt: skip
     assert r.exit_code == 2 and "no qrels in the synthetic folder" in r.output, r.output
+    bad = tmp_path / "bad"
+    (bad / "qrels").mkdir(parents=True)
+    (bad / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\tone\n")
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(bad), str(tmp_path / "tp4"),
+                                 "--candidates", str(extra), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 2 and "train.tsv:2: expected" in r.output, r.output

@@ -378,6 +378,7 @@ def teacher_positives(
 
     Raises:
         FileNotFoundError: a missing input.
+        DataFormatError: a malformed qrels line (``file:line``).
         ValueError: a candidate the teacher did not score (the score file is for other candidates).
     """
     from retrieval_distill.evaluation.runs import write_run
@@ -393,7 +394,9 @@ def teacher_positives(
             parts = line.rstrip("\n").split("\t")
             if i == 0 and parts[-1] == "score":
                 continue
-            if len(parts) == 3 and int(parts[2]) > 0:
+            if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+                raise DataFormatError(f"{qrels_path}:{i + 1}: expected 'query-id<TAB>corpus-id<TAB>integer grade', got {line.strip()[:80]!r}")
+            if int(parts[2]) > 0:
                 source.setdefault(parts[0], set()).add(parts[1])
     cands = read_candidates(candidates).pairs
     sc = scores_dict(scores)
