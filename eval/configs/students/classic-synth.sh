@@ -23,7 +23,7 @@
 #   POSITIVE=teacher ...   (drop each synthetic query's source document from its list and train on
 #   the teacher's top-scored remaining candidate as the positive: the query was copied from the
 #   source, so "find the source" teaches copying; the teacher's preferences among the other
-#   documents are ordinary relevance judgements. Folder suffix -tpos)
+#   documents are ordinary relevance judgements: rd queries teacher-positives. Folder suffix -tpos)
 set -euo pipefail
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
