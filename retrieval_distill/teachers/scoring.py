@@ -295,17 +295,29 @@ def _save_state(path: Path, state, docids: list[str] | None = None, hashes: list
             np.savez(fh, **arrays)
 
 
-def _load_state(path: Path, n: int):
+def _read_state(path: Path):
+    """One document-state chunk, read once: ``(state, docids, text_sha1)``; the last two are
+    ``None`` in chunks written before they were recorded."""
     with np.load(path) as z:
+        ids = [str(x) for x in z["docids"]] if "docids" in z else None
+        hashes = [str(x) for x in z["text_sha1"]] if "text_sha1" in z else None
         if "dense" in z:
-            arr = z["dense"]
-            if arr.shape[0] != n:
-                raise ValueError(f"{arr.shape[0]} rows, expected {n}")
-            return arr
+            return z["dense"], ids, hashes
         flat, lengths = z["flat"], z["lengths"]
-        if len(lengths) != n or int(lengths.sum()) != flat.shape[0]:
+        if int(lengths.sum()) != flat.shape[0]:
             raise ValueError("lengths do not match")
-        return np.split(flat, np.cumsum(lengths)[:-1]) if n else []
+        return (np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []), ids, hashes
+
+
+def _load_state(path: Path, n: int, docids: list[str] | None = None):
+    """A chunk's state for ``n`` documents; raises ValueError when it holds another count,
+    or (chunks that record them) other ``docids``."""
+    state, ids, _ = _read_state(path)
+    if len(state) != n:
+        raise ValueError(f"{len(state)} rows, expected {n}")
+    if docids is not None and ids is not None and ids != docids:
+        raise ValueError("it holds other docids (the set of documents to encode changed)")
+    return state
 
 
 def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str], list, list[str]]:
@@ -342,13 +354,13 @@ def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str
     states: list = []
     hashes: list[str] = []
     for path in chunks:
-        with np.load(path) as z:
-            if "docids" not in z:
-                raise ValueError(f"{path}: written before document states recorded their docids; rescore that folder to reuse it")
-            ids, h = [str(x) for x in z["docids"]], [str(x) for x in z["text_sha1"]]
+        st, ids, h = _read_state(path)
+        if ids is None or h is None:
+            raise ValueError(f"{path}: written before document states recorded their docids; rescore that folder to reuse it")
+        if len(st) != len(ids):
+            raise ValueError(f"{path}: {len(st)} rows for {len(ids)} docids")
         docids += ids
         hashes += h
-        st = _load_state(path, len(ids))
         states += list(st)
     return docids, states, hashes
 
@@ -393,10 +405,7 @@ def prepare_document_state(
         state = None
         if path.exists():
             try:
-                with np.load(path) as z:  # chunks since session 8 name their docids
-                    if "docids" in z and [str(x) for x in z["docids"]] != ids:
-                        raise ValueError("it holds other docids (the set of documents to encode changed)")
-                state = _load_state(path, len(ids))
+                state = _load_state(path, len(ids), ids)
             except Exception as e:  # noqa: BLE001
                 log.warning("%s: unusable document-state chunk (%s): deleting and recomputing", path, e)
                 path.unlink()
@@ -404,7 +413,7 @@ def prepare_document_state(
             texts = [doc_text(d) for d in ids]
             state = teacher.encode_document_state(texts)
             _save_state(path, state, ids, [text_hash(t) for t in texts])
-            state = _load_state(path, len(ids))  # use exactly what is on disk
+            state = _load_state(path, len(ids), ids)  # use exactly what is on disk
         teacher.set_document_embeddings(ids, state)
         chunks.append((str(path), ids))
         bar.update(len(ids))
