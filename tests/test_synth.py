@@ -230,4 +230,11 @@ def test_teacher_positives_drop_the_source_and_take_the_teachers_top(adi_synth, 
     (bad / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\tone\n")
     r = CliRunner().invoke(app, ["queries", "teacher-positives", str(bad), str(tmp_path / "tp4"),
                                  "--candidates", str(extra), "--scores", str(tmp_path / "scores")])  # fmt: skip
-    assert r.exit_code == 2 and "train.tsv:2: expected" in r.output, r.output
+    assert r.exit_code == 2 and "train.tsv:2: grade 'one' is not a number" in r.output, r.output
+    # an output folder whose corpus.jsonl is a real file is never overwritten
+    (tmp_path / "tp5").mkdir()
+    (tmp_path / "tp5" / "corpus.jsonl").write_text("mine\n")
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(out), str(tmp_path / "tp5"),
+                                 "--candidates", str(tmp_path / "cands.trec"), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 2 and "exists and is not a link" in r.output, r.output
+    assert (tmp_path / "tp5" / "corpus.jsonl").read_text() == "mine\n"

@@ -507,7 +507,7 @@ def teacher_positives_cmd(
 
     try:
         counts = teacher_positives(synth_dir, candidates, scores, out_dir, split=split)
-    except (FileNotFoundError, DataFormatError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, DataFormatError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{counts['queries']} queries relabelled -> {out_dir} ({json.dumps(counts)})")

@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval_distill.data.collections import DataFormatError, find_local, load_corpus
+from retrieval_distill.data.collections import DataFormatError, find_local, load_corpus, load_qrels
 from retrieval_distill.utils import fingerprint_files, write_json_atomic, write_text_atomic
 
 KINDS = ("title", "sentence", "keywords", "ict")
@@ -306,17 +306,26 @@ def write_synth(
         corpus_path = Path(corpus_path).resolve()
         info["corpus"] = str(corpus_path)
         info["corpus_fingerprint"] = fingerprint_files([corpus_path])
-        link = out / "corpus.jsonl"
         if link_corpus:
-            if link.exists() and not (link.is_symlink() and link.resolve() == corpus_path):
-                raise FileExistsError(f"{link} exists and is not a link to {corpus_path}")
-            if not link.is_symlink():
-                tmp = out / f".corpus.jsonl.{os.getpid()}.tmp"
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(corpus_path)
-                os.replace(tmp, link)
+            _link_atomic(out / "corpus.jsonl", corpus_path)
     write_json_atomic(out / "synth.json", info)
     return out
+
+
+def _link_atomic(link: Path, target: Path) -> None:
+    """Make ``link`` a symlink to ``target`` (never a copy), atomically.
+
+    Raises:
+        FileExistsError: ``link`` exists and is not a link to ``target``."""
+    target = Path(target).resolve()
+    if link.is_symlink() and link.resolve() == target:
+        return
+    if link.exists():
+        raise FileExistsError(f"{link} exists and is not a link to {target}")
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
 
 
 def synth_corpus(
@@ -378,6 +387,8 @@ def teacher_positives(
 
     Raises:
         FileNotFoundError: a missing input.
+        FileExistsError: ``out_dir`` holds a ``corpus.jsonl`` or ``queries.jsonl`` that is not a
+            link to ``synth_dir``'s.
         DataFormatError: a malformed qrels line (``file:line``).
         ValueError: a candidate the teacher did not score (the score file is for other candidates).
     """
@@ -388,16 +399,7 @@ def teacher_positives(
     qrels_path = src_dir / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise FileNotFoundError(f"{qrels_path}: no qrels in the synthetic folder")
-    source: dict[str, set[str]] = {}
-    with open(qrels_path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            parts = line.rstrip("\n").split("\t")
-            if i == 0 and parts[-1] == "score":
-                continue
-            if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-                raise DataFormatError(f"{qrels_path}:{i + 1}: expected 'query-id<TAB>corpus-id<TAB>integer grade', got {line.strip()[:80]!r}")
-            if int(parts[2]) > 0:
-                source.setdefault(parts[0], set()).add(parts[1])
+    source = {q: {d for d, g in row.items() if g > 0} for q, row in load_qrels(qrels_path).items()}
     cands = read_candidates(candidates).pairs
     sc = scores_dict(scores)
     relabelled: dict[str, dict[str, float]] = {}
@@ -417,15 +419,9 @@ def teacher_positives(
         counts["queries"] += 1
     (out / "qrels").mkdir(parents=True, exist_ok=True)
     for name in ("corpus.jsonl", "queries.jsonl"):
-        target = (src_dir / name).resolve()
-        link = out / name
-        if not target.is_file():
+        if not (src_dir / name).is_file():
             raise FileNotFoundError(f"{src_dir / name}: missing from the synthetic folder")
-        if not (link.is_symlink() and link.resolve() == target):
-            tmp = out / f".{name}.{os.getpid()}.tmp"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(target)
-            os.replace(tmp, link)
+        _link_atomic(out / name, src_dir / name)
     write_text_atomic(out / "qrels" / f"{split}.tsv", "\n".join(qrels_rows) + "\n")
     write_run(out / "candidates.trec", relabelled, tag="teacher-positives")
     write_json_atomic(out / "teacher_positives.json", {"synth": str(src_dir), "candidates": str(candidates), "scores": str(scores), **counts})
