@@ -36,6 +36,8 @@ D=../shared/data/classic/$C
 W=work/students/$C-synth-$MAXDOCS$([ $KINDS = title,sentence,keywords ] || echo "-${KINDS//,/-}")
 W=$W$([ $TEACHER = bm25+minilm ] || echo "-$TEACHER")$([ $SEED = 13 ] || echo "-s$SEED")$([ $POSITIVE = source ] || echo "-tpos")
 mkdir -p $W
+# "qid docid" lines on stdin -> a candidates file (TREC run format, each pair once)
+to_cands() { sort -u | awk '{print $1, "Q0", $2, NR, 0, "cands"}'; }
 [ -f $W/synth/queries.jsonl ] || rd queries synth classic/$C $W/synth --max-docs $MAXDOCS --seed 13 --kinds $KINDS
 [ -d $W/bm25 ] || rd bm25 index $D $W/bm25
 [ -f $W/init-index/CURRENT ] || rd index build --model all-MiniLM-L6-v2 --dataset $D --split test --out $W/init-index
@@ -44,7 +46,7 @@ if [ ! -f $W/cands.trec ]; then
   rd eval run $W/synth $W/bm25.synth.trec --split train --searcher bm25 --index $W/bm25 --k 20
   rd eval run $W/synth $W/init.synth.trec --split train --searcher dense --index $W/init-index --k 20
   { awk '{print $1, $3}' $W/bm25.synth.trec $W/init.synth.trec; awk 'NR>1{print $1, $2}' $W/synth/qrels/train.tsv; } \
-    | sort -u | awk '{print $1, "Q0", $2, NR, 0, "cands"}' > $W/cands.trec
+    | to_cands > $W/cands.trec
 fi
 if [ $TEACHER = mpnet ]; then
   [ -f $W/mpnet-index/CURRENT ] || rd index build --model all-mpnet-base-v2 --dataset $D --split test --out $W/mpnet-index --side teacher
@@ -74,7 +76,7 @@ PY
   # the teacher's own reranking of the real queries' BM25 top-100 ∪ init top-100
   [ -f $W/init.test.trec ] || rd eval run $D $W/init.test.trec --split test --searcher dense --index $W/init-index --k 100 --tag init
   [ -f $W/bm25.test.trec ] || rd eval run $D $W/bm25.test.trec --split test --searcher bm25 --index $W/bm25 --k 100 --tag bm25
-  awk '{print $1, $3}' $W/bm25.test.trec $W/init.test.trec | sort -u | awk '{print $1, "Q0", $2, NR, 0, "cands"}' > $W/real-cands.trec
+  awk '{print $1, $3}' $W/bm25.test.trec $W/init.test.trec | to_cands > $W/real-cands.trec
   python - $COLBERT_SPEC $W <<'PY' > $W/teacher-real.json
 import json, sys
 from retrieval_distill.teachers.base import parse_spec
