@@ -56,14 +56,14 @@ if [ $TEACHER = mpnet ]; then
 JSON
   T=mpnet; TSCALE=1.0    # cosine teacher, cosine student: margins already on one scale
   RUNS="init student mpnet"; TEACHER_RUN=mpnet-teacher=$W/mpnet.test.trec   # exhaustive mpnet search
-  [ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
+  rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
 elif [ $TEACHER = colbert ]; then
   [ -f $COLBERT_SPEC ] || { echo "$COLBERT_SPEC: no fitted ColBERT teacher (see the header)" >&2; exit 2; }
   T=$(python -c "import sys; from retrieval_distill.teachers.base import parse_spec; print(parse_spec(sys.argv[1]).display_name())" $COLBERT_SPEC)
   # the init's own cosines over the same lists, for the scale only
-  [ -f $W/init-scores/manifest.json ] || rd teacher score -t "{\"kind\": \"bi_encoder\", \"name\": \"init\", \"model\": \"all-MiniLM-L6-v2\", \"options\": {\"embeddings\": \"$(ls -d $W/init-index/encodings/* | head -1)\"}}" \
+  rd teacher score -t "{\"kind\": \"bi_encoder\", \"name\": \"init\", \"model\": \"all-MiniLM-L6-v2\", \"options\": {\"embeddings\": \"$(ls -d $W/init-index/encodings/* | head -1)\"}}" \
     --candidates $W/cands.trec --dataset $W/synth --split train -o $W/init-scores --no-progress
-  [ -f $W/scores/manifest.json ] || rd teacher score -t $COLBERT_SPEC --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
+  rd teacher score -t $COLBERT_SPEC --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
   TSCALE=$(python - $W <<'PY'
 import sys
 from retrieval_distill.teachers.scoring import read_scores
@@ -84,7 +84,7 @@ spec = parse_spec(sys.argv[1]).model_dump()
 spec["options"]["doc_states"] = sys.argv[2] + "/scores"   # reuse the synthetic job's document token pass
 print(json.dumps(spec))
 PY
-  [ -f $W/teacher-real/manifest.json ] || rd teacher score -t $W/teacher-real.json --candidates $W/real-cands.trec --dataset $D --split test -o $W/teacher-real --no-progress
+  rd teacher score -t $W/teacher-real.json --candidates $W/real-cands.trec --dataset $D --split test -o $W/teacher-real --no-progress
   rd teacher evaluate $W/teacher-real --dataset $D --split test --run $W/colbert.test.trec
   RUNS="init student"; TEACHER_RUN=colbert-teacher=$W/colbert.test.trec
 else
@@ -96,7 +96,7 @@ else
 JSON
   T=ens; TSCALE=0.1      # z-scores (std 1) mapped onto cosine-sized margins
   RUNS="init student"; TEACHER_RUN=
-  [ -f $W/scores/manifest.json ] || rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
+  rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
 fi
 SYNTH=$W/synth; CANDS=$W/cands.trec
 if [ $POSITIVE = teacher ]; then

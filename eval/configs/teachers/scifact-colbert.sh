@@ -22,7 +22,7 @@ for T in ${KINDS:-zero fit}; do
   if [ "${ONEPASS:-0}" = 1 ]; then
     [ -f $W/devtest.trec ] || { cat $Q/candidates/dev.trec $Q/candidates/test.trec > $W/devtest.trec.tmp \
         && mv $W/devtest.trec.tmp $W/devtest.trec; }
-    [ -f $W/maxsim-$N-$T.devtest/manifest.json ] || rd teacher score -t "$S" --candidates $W/devtest.trec \
+    rd teacher score -t "$S" --candidates $W/devtest.trec \
         --dataset ../shared/data/beir/scifact -o $W/maxsim-$N-$T.devtest --no-progress
     rd teacher evaluate $W/maxsim-$N-$T.devtest --dataset beir/scifact/train --qids $W/dev.qids
     rd teacher evaluate $W/maxsim-$N-$T.devtest --dataset beir/scifact/test
@@ -30,7 +30,7 @@ for T in ${KINDS:-zero fit}; do
   fi
   for SP in ${SPLITS:-dev test}; do
     SPLIT=$([ $SP = dev ] && echo train || echo test)
-    [ -f $W/maxsim-$N-$T.$SP/manifest.json ] || rd teacher score -t "$S" --candidates $Q/candidates/$SP.trec \
+    rd teacher score -t "$S" --candidates $Q/candidates/$SP.trec \
         --dataset beir/scifact/$SPLIT -o $W/maxsim-$N-$T.$SP --no-progress
   done
   [ -f $W/maxsim-$N-$T.dev/manifest.json ] && rd teacher evaluate $W/maxsim-$N-$T.dev --dataset beir/scifact/train --qids $W/dev.qids

@@ -18,7 +18,7 @@ ev() { rd teacher evaluate "$1" --dataset beir/scifact/$2 ${3:+--qids $3}; }
 # all-mpnet-base-v2 bi-encoder (documents from the index build's encoding: no second document pass)
 for S in dev test; do
   SPLIT=$([ $S = dev ] && echo train || echo test)
-  [ -f $W/mpnet.$S/manifest.json ] || rd teacher score -t "$MPNET" --candidates $Q/candidates/$S.trec --dataset beir/scifact/$SPLIT -o $W/mpnet.$S --no-progress
+  rd teacher score -t "$MPNET" --candidates $Q/candidates/$S.trec --dataset beir/scifact/$SPLIT -o $W/mpnet.$S --no-progress
 done
 ev $W/mpnet.dev train $W/dev.qids; ev $W/mpnet.test test
 # three-member z-score ensemble, weights chosen on dev (grid 0..1 step 0.25)
@@ -26,6 +26,6 @@ ENS="{\"kind\":\"ensemble\",\"name\":\"ens3\",\"normalization\":\"zscore\",\"mem
 [ -f $W/ens3.json ] || rd teacher fit-weights -t "$ENS" --dataset beir/scifact/train --candidates $Q/candidates/dev.trec --qids $W/dev.qids -o $W/ens3.json
 for S in dev test; do
   SPLIT=$([ $S = dev ] && echo train || echo test)
-  [ -f $W/ens3.$S/manifest.json ] || rd teacher score -t $W/ens3.json --candidates $Q/candidates/$S.trec --dataset beir/scifact/$SPLIT -o $W/ens3.$S --no-progress
+  rd teacher score -t $W/ens3.json --candidates $Q/candidates/$S.trec --dataset beir/scifact/$SPLIT -o $W/ens3.$S --no-progress
 done
 ev $W/ens3.dev train $W/dev.qids; ev $W/ens3.test test
