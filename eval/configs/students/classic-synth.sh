@@ -59,7 +59,19 @@ JSON
   rd teacher score -t $W/teacher.json --candidates $W/cands.trec --dataset $W/synth --split train -o $W/scores --no-progress
 elif [ $TEACHER = colbert ]; then
   [ -f $COLBERT_SPEC ] || { echo "$COLBERT_SPEC: no fitted ColBERT teacher (see the header)" >&2; exit 2; }
-  T=$(python -c "import sys; from retrieval_distill.teachers.base import parse_spec; print(parse_spec(sys.argv[1]).display_name())" $COLBERT_SPEC)
+  # one parse of the spec: its display name (the score files' teacher) on stdout, and the spec
+  # for the real queries, which reuses the synthetic job's document token pass (doc_states)
+  T=$(python - $COLBERT_SPEC $W <<'PY'
+import sys
+from retrieval_distill.teachers.base import parse_spec
+from retrieval_distill.utils import write_json_atomic
+spec = parse_spec(sys.argv[1])
+real = spec.model_dump()
+real["options"]["doc_states"] = sys.argv[2] + "/scores"
+write_json_atomic(sys.argv[2] + "/teacher-real.json", real)
+print(spec.display_name())
+PY
+)
   # the init's own cosines over the same lists, for the scale only
   rd teacher score -t "{\"kind\": \"bi_encoder\", \"name\": \"init\", \"model\": \"all-MiniLM-L6-v2\", \"options\": {\"embeddings\": \"$(ls -d $W/init-index/encodings/* | head -1)\"}}" \
     --candidates $W/cands.trec --dataset $W/synth --split train -o $W/init-scores --no-progress
@@ -77,13 +89,6 @@ PY
   [ -f $W/init.test.trec ] || rd eval run $D $W/init.test.trec --split test --searcher dense --index $W/init-index --k 100 --tag init
   [ -f $W/bm25.test.trec ] || rd eval run $D $W/bm25.test.trec --split test --searcher bm25 --index $W/bm25 --k 100 --tag bm25
   awk '{print $1, $3}' $W/bm25.test.trec $W/init.test.trec | to_cands > $W/real-cands.trec
-  python - $COLBERT_SPEC $W <<'PY' > $W/teacher-real.json
-import json, sys
-from retrieval_distill.teachers.base import parse_spec
-spec = parse_spec(sys.argv[1]).model_dump()
-spec["options"]["doc_states"] = sys.argv[2] + "/scores"   # reuse the synthetic job's document token pass
-print(json.dumps(spec))
-PY
   rd teacher score -t $W/teacher-real.json --candidates $W/real-cands.trec --dataset $D --split test -o $W/teacher-real --no-progress
   rd teacher evaluate $W/teacher-real --dataset $D --split test --run $W/colbert.test.trec
   RUNS="init student"; TEACHER_RUN=colbert-teacher=$W/colbert.test.trec
@@ -101,7 +106,9 @@ fi
 SYNTH=$W/synth; CANDS=$W/cands.trec
 if [ $POSITIVE = teacher ]; then
   SYNTH=$W/synth-tpos; CANDS=$W/synth-tpos/candidates.trec
-  [ -f $CANDS ] || rd queries teacher-positives $W/synth $SYNTH --candidates $W/cands.trec --scores $W/scores
+  # always rerun (a few seconds, atomic writes): a guard on its output would keep stale
+  # positives after the teacher is rescored
+  rd queries teacher-positives $W/synth $SYNTH --candidates $W/cands.trec --scores $W/scores
 fi
 cat > $W/student.yaml <<YAML
 collection: $SYNTH
