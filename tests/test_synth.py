@@ -216,6 +216,13 @@ def test_teacher_positives_drop_the_source_and_take_the_teachers_top(adi_synth, 
         assert new.queries[q] == coll.queries[q]
     info = json.loads((tmp_path / "tp" / "teacher_positives.json").read_text())
     assert info["queries"] == len(kept) and info["dropped_pairs"] == dropped and info["no_candidates"] == len(run) - len(kept)
+    # a rerun into the same folder (classic-synth.sh reruns the step every time) succeeds and
+    # writes the same qrels and candidates
+    before = {f: (tmp_path / "tp" / f).read_bytes() for f in ("qrels/train.tsv", "candidates.trec")}
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(out), str(tmp_path / "tp"),
+                                 "--candidates", str(tmp_path / "cands.trec"), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert {f: (tmp_path / "tp" / f).read_bytes() for f in before} == before
     # a candidate the teacher never scored: refused, one line
     extra = tmp_path / "extra.trec"
     extra.write_text((tmp_path / "cands.trec").read_text() + f"{next(iter(run))} Q0 nosuchdoc 99 0 x\n")
