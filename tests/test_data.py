@@ -92,3 +92,109 @@ def test_cranfield_empty_documents_are_kept_and_reported(caplog):
     assert len(coll.corpus) == 1400 and coll.doc_text("471") == "" and coll.doc_text("995") == ""
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "2 document(s) with empty title and text" in msg and "corpus.jsonl:471 ('471')" in msg
+
+
+# ------------------------------------------------------------------ ids, grades and JSON checks
+def _adi_with_qrels(tmp_path, extra_rows: str):
+    """ADI's corpus and queries (links to the shared files) with its qrels plus ``extra_rows``."""
+    d = tmp_path / "adi"
+    (d / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (d / name).symlink_to(ADI / name)
+    (d / "qrels" / "test.tsv").write_text((ADI / "qrels" / "test.tsv").read_text() + extra_rows)
+    return d
+
+
+def test_qrels_qid_not_in_the_queries_is_an_error_naming_file_and_line(tmp_path, caplog):
+    """The issue's case: a qrels row for a query that does not exist was accepted and
+    averaged in as 0 (36 judged queries on ADI instead of 35)."""
+    d = _adi_with_qrels(tmp_path, "999\t1\t1\n")
+    with pytest.raises(DataFormatError, match=r"test.tsv:172: unknown qid '999' \(not in the queries; 1 row\(s\) name 1 such qid"):
+        load_collection(d, split="test")
+    # the explicit opt-out drops the row and says so
+    with caplog.at_level("WARNING", logger="retrieval_distill.data.collections"):
+        c = load_collection(d, split="test", on_unknown="warn")
+    assert len(c.qrels) == len(c.queries) == 35 and "999" not in c.qrels
+    assert "1 row(s) name 1 qid(s) not in the queries (first on line 172): dropped" in caplog.text
+
+
+def test_unknown_docid_counts_and_opt_out(tmp_path, caplog):
+    d = _adi_with_qrels(tmp_path, "1\tnope\t1\n2\tnope2\t0\n")
+    with pytest.raises(DataFormatError, match=r"test.tsv:172: unknown docid 'nope' \(not in the corpus; 2 row\(s\) name 2 such"):
+        load_collection(d, split="test")
+    with caplog.at_level("WARNING", logger="retrieval_distill.data.collections"):
+        c = load_collection(d, split="test", on_unknown="warn")
+    assert c.qrels["1"]["nope"] == 1 and c.qrels["2"]["nope2"] == 0  # kept: judged documents count
+    assert "2 row(s) name 2 docid(s) not in the corpus (first on line 172): kept" in caplog.text
+    with pytest.raises(ValueError, match="on_unknown"):
+        load_qrels(d / "qrels" / "test.tsv", on_unknown="ignore")
+
+
+def test_every_shared_collection_loads_with_the_checks(caplog):
+    """Real data passes the checks: every qrels qid is a query, every docid is in the corpus,
+    except the full DL19 qrels, which name passages outside the 30k pool (refused by default,
+    loadable with the opt-out, and readable as a file for scoring runs)."""
+    from conftest import SHARED_DATA, TREC_DL
+    from retrieval_distill.data.collections import load_beir_folder
+    from retrieval_distill.evaluation.cli import resolve_qrels
+
+    expect = {("beir/scifact", "test"): (300, 339), ("beir/scifact", "train"): (809, 919),
+              ("classic/adi", "test"): (35, 170), ("classic/cranfield", "test"): (225, 1837),
+              ("classic/cranfield", "test.raw-cleverdon-codes"): (225, 1837), ("classic/vaswani", "test"): (93, 2083),
+              ("msmarco/trec-dl-subset", "dl19.only-passages-in-corpus"): (43, 4342)}
+    for (folder, split), (n_q, n_rows) in expect.items():
+        c = load_beir_folder(SHARED_DATA / folder, split)
+        assert (len(c.queries), sum(len(r) for r in c.qrels.values())) == (n_q, n_rows), (folder, split)
+    with pytest.raises(DataFormatError, match=r"dl19.tsv:\d+: unknown docid .* 4918 row\(s\)"):
+        load_beir_folder(TREC_DL, "dl19")
+    with caplog.at_level("WARNING", logger="retrieval_distill.data.collections"):
+        full = load_beir_folder(TREC_DL, "dl19", on_unknown="warn")
+    assert sum(len(r) for r in full.qrels.values()) == 9260 and "4918 row(s)" in caplog.text
+    # as a file: qids checked against queries.dl19.jsonl beside it, docids not (no corpus loaded)
+    assert sum(len(r) for r in resolve_qrels(str(TREC_DL / "qrels" / "dl19.tsv")).values()) == 9260
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ("1\t1\t1.5", "grade '1.5' is not an integer"),
+        ("1\t1\tinf", "grade 'inf' is not an integer"),
+        ("1\t1\tnan", "grade 'nan' is not an integer"),
+        ("1\t1\thigh", "grade 'high' is not a number"),
+        ("1 0 1 1", "4 columns, but earlier lines have 3"),
+        ("1\t1", "expected 3 or 4 columns"),
+    ],
+)
+def test_bad_qrels_rows_name_file_and_line(tmp_path, row, reason):
+    p = tmp_path / "q.tsv"
+    p.write_text("query-id\tcorpus-id\tscore\n2\t2\t1\n" + row + "\n")
+    with pytest.raises(DataFormatError, match=r"q.tsv:3: " + reason.replace("(", r"\(").replace(")", r"\)")):
+        load_qrels(p)
+
+
+def test_integral_float_grades_are_read_as_integers(tmp_path):
+    p = tmp_path / "q.tsv"
+    p.write_text("1\td1\t2.0\n1\td2\t-1\n")
+    assert load_qrels(p) == {"1": {"d1": 2, "d2": -1}}
+
+
+@pytest.mark.parametrize(
+    "file, line, reason",
+    [
+        ("corpus.jsonl", b'{"_id": "a", "text": NaN}', "NaN is not a JSON number"),
+        ("corpus.jsonl", b'{"_id": "a", "text": "x", "score": 1e999}', "out of the double range"),
+        ("corpus.jsonl", b'{"_id": "a", "text": "x \\ud800"}', r"lone surrogate \(\\ud800\)"),
+        ("corpus.jsonl", b'{"_id": "a b", "text": "x"}', "'_id' 'a b' is empty or contains whitespace"),
+        ("corpus.jsonl", b'{"_id": null, "text": "x"}', "'_id' must be a string"),
+        ("corpus.jsonl", b'{"_id": "a", "text": ["x"]}', "'text' must be a string"),
+        ("corpus.jsonl", b'{"_id": "a", "text": "caf\xe9"}', r"not valid UTF-8 \(an undecodable byte at column 26\)"),
+        ("queries.jsonl", b'{"_id": "1", "text": null}', "'text' must be a string|missing 'text'"),
+        ("queries.jsonl", b'{"_id": "1", "text": 42}', "'text' must be a string"),
+    ],
+)
+def test_bad_jsonl_records_name_file_and_line(tmp_path, file, line, reason):
+    good = {"corpus.jsonl": b'{"_id": "z", "text": "fine"}', "queries.jsonl": b'{"_id": "0", "text": "fine"}'}
+    d = _beir(tmp_path, ['{"_id": "z", "text": "fine"}'], ['{"_id": "0", "text": "fine"}'], "0\tz\t1\n")
+    (d / file).write_bytes(good[file] + b"\r\n" + line + b"\r\n")
+    with pytest.raises(DataFormatError, match=rf"{file}:2: .*({reason})"):
+        load_collection(d, split="test")

@@ -62,5 +62,8 @@ def test_bad_lines(tmp_path):
     with pytest.raises(DataFormatError, match=r"t.tsv:2: expected 5 columns"):
         import_hofstatter(src, tmp_path / "s")
     src.write_text("1.0\tabc\tq\tp\tn\n")
-    with pytest.raises(DataFormatError, match=r"t.tsv:1: a score is not a number"):
+    with pytest.raises(DataFormatError, match=r"t.tsv:1: score 'abc' is not a number"):
+        import_hofstatter(src, tmp_path / "s")
+    src.write_text("1.0\t2.0\tq\tp\tn\nnan\t2.0\tq\tp\tn2\n")
+    with pytest.raises(DataFormatError, match=r"t.tsv:2: score 'nan' is not finite"):
         import_hofstatter(src, tmp_path / "s")

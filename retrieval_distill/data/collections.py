@@ -13,20 +13,23 @@ Malformed input raises :class:`DataFormatError` naming the file and the 1-based 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Literal
+
+from retrieval_distill.data.formats import (  # noqa: F401 - DataFormatError and read_jsonl are re-exported
+    DataFormatError,
+    iter_qrels,
+    json_id,
+    json_text,
+    read_jsonl,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger(__name__)
-
-
-class DataFormatError(ValueError):
-    """A collection file is malformed; the message names the file and line."""
 
 
 @dataclass
@@ -75,45 +78,28 @@ class Collection:
         )
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        DataFormatError: a line is not a JSON object (message: ``file:line: reason``).
-    """
-    path = Path(path)
-    with open(path, encoding="utf-8", newline=None) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def load_corpus(path: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """Read a BEIR ``corpus.jsonl``: ``{"_id", "title", "text"}`` per line.
+    """Read a BEIR ``corpus.jsonl``: ``{"_id", "title", "text"}`` per line (other keys ignored).
 
     A document with neither title nor text is kept (qrels and runs may name it; Cranfield
     has two, 471 and 995) and reported in one warning with its ``file:line``.
 
+    Returns:
+        docid -> {"title": str, "text": str}, in file order.
+
     Raises:
-        DataFormatError: missing ``_id``, duplicate docid, or no document at all.
+        FileNotFoundError: no such file.
+        DataFormatError: missing or malformed ``_id`` (not one token), a title/text that is
+            not a string, duplicate docid, or no document at all (and the checks of
+            :func:`~retrieval_distill.data.formats.read_jsonl`).
     """
     corpus: dict[str, dict[str, str]] = {}
     empty: list[str] = []
     for lineno, obj in read_jsonl(path):
-        if "_id" not in obj:
-            raise DataFormatError(f"{path}:{lineno}: missing '_id'")
-        docid = str(obj["_id"])
+        docid = json_id(path, lineno, obj)
         if docid in corpus:
             raise DataFormatError(f"{path}:{lineno}: duplicate docid {docid!r}")
-        title, text = str(obj.get("title") or ""), str(obj.get("text") or "")
+        title, text = json_text(path, lineno, obj, "title"), json_text(path, lineno, obj, "text")
         if not (title.strip() or text.strip()):
             empty.append(f"{path}:{lineno} ({docid!r})")
         corpus[docid] = {"title": title, "text": text}
@@ -127,25 +113,37 @@ def load_corpus(path: str | os.PathLike) -> dict[str, dict[str, str]]:
 def load_queries(path: str | os.PathLike) -> dict[str, str]:
     """Read a BEIR ``queries.jsonl``: ``{"_id", "text"}`` per line.
 
+    Returns:
+        qid -> query text (stripped), in file order.
+
     Raises:
-        DataFormatError: missing ``_id``/``text``, duplicate qid, or empty query text.
+        FileNotFoundError: no such file.
+        DataFormatError: missing ``_id``/``text``, an ``_id`` that is not one token, a text
+            that is not a string, duplicate qid, or empty query text.
     """
     queries: dict[str, str] = {}
     for lineno, obj in read_jsonl(path):
         if "_id" not in obj or "text" not in obj:
             raise DataFormatError(f"{path}:{lineno}: a query needs '_id' and 'text'")
-        qid = str(obj["_id"])
+        qid = json_id(path, lineno, obj)
         if qid in queries:
             raise DataFormatError(f"{path}:{lineno}: duplicate qid {qid!r}")
-        text = str(obj["text"]).strip()
+        text = json_text(path, lineno, obj, "text", required=True).strip()
         if not text:
             raise DataFormatError(f"{path}:{lineno}: query {qid!r} is empty")
         queries[qid] = text
     return queries
 
 
+OnUnknown = Literal["error", "warn"]
+
+
 def load_qrels(
-    path: str | os.PathLike, corpus: dict | None = None, queries: dict | None = None
+    path: str | os.PathLike,
+    corpus: dict | None = None,
+    queries: dict | None = None,
+    *,
+    on_unknown: OnUnknown = "error",
 ) -> dict[str, dict[str, int]]:
     """Read qrels: BEIR TSV (``query-id corpus-id score``, header optional) or TREC
     (``qid 0 docid grade``, whitespace separated). Windows line endings are accepted.
@@ -154,41 +152,59 @@ def load_qrels(
         path: the qrels file.
         corpus: if given, every docid must be in it.
         queries: if given, every qid must be in it.
+        on_unknown: ``error`` (default): a docid not in ``corpus`` or a qid not in ``queries``
+            raises. ``warn``: one warning states how many rows name unknown ids, and
+            rows of unknown *docids* are kept (a judged document the corpus lacks still
+            counts in Recall's denominator and nDCG's ideal ranking: the official TREC DL
+            qrels over a passage pool) while rows of unknown *qids* are dropped (no system
+            was asked those queries, so they would only add zeros to the mean).
 
     Returns:
-        qid -> {docid: grade}.
+        qid -> {docid: grade (int)}, in file order.
 
     Raises:
-        DataFormatError: wrong column count, non-integer grade, duplicate (qid, docid),
-            unknown docid or qid (message: ``file:line: reason``).
+        FileNotFoundError: no such file.
+        DataFormatError: wrong column count, a grade that is not an integer, duplicate
+            (qid, docid), unknown docid or qid with ``on_unknown="error"`` (message:
+            ``file:line: reason``, with the number of such rows).
     """
+    if on_unknown not in ("error", "warn"):
+        raise ValueError(f"on_unknown must be 'error' or 'warn', got {on_unknown!r}")
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline=None) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
+    bad_docs: list[tuple[int, str]] = []  # (line, docid) of rows naming a docid not in the corpus
+    bad_qids: list[tuple[int, str]] = []  # (line, qid) of rows naming a qid not in the queries
+    for lineno, qid, docid, g in iter_qrels(path):
+        if corpus is not None and docid not in corpus:
+            bad_docs.append((lineno, docid))
+        if queries is not None and qid not in queries:
+            bad_qids.append((lineno, qid))
+            if on_unknown == "warn":
                 continue
-            if lineno == 1 and parts[0].lower() in ("query-id", "qid", "query_id"):
-                continue  # header line
-            if len(parts) == 3:
-                qid, docid, grade = parts
-            elif len(parts) == 4:
-                qid, _, docid, grade = parts
-            else:
-                raise DataFormatError(f"{path}:{lineno}: expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}")
-            try:
-                g = int(float(grade))
-            except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: grade {grade!r} is not a number") from None
-            if corpus is not None and docid not in corpus:
-                raise DataFormatError(f"{path}:{lineno}: unknown docid {docid!r} (not in the corpus)")
-            if queries is not None and qid not in queries:
-                raise DataFormatError(f"{path}:{lineno}: unknown qid {qid!r} (not in the queries)")
-            row = qrels.setdefault(qid, {})
-            if docid in row:
-                raise DataFormatError(f"{path}:{lineno}: duplicate qrels entry ({qid}, {docid})")
-            row[docid] = g
+        row = qrels.setdefault(qid, {})
+        if docid in row:
+            raise DataFormatError(f"{path}:{lineno}: duplicate qrels entry ({qid}, {docid})")
+        row[docid] = g
+    problems = []  # (first line, message, warning)
+    if bad_qids:
+        n_q = len({q for _, q in bad_qids})
+        problems.append((
+            bad_qids[0][0],
+            f"unknown qid {bad_qids[0][1]!r} (not in the queries; {len(bad_qids)} row(s) name {n_q} such qid(s))",
+            f"{len(bad_qids)} row(s) name {n_q} qid(s) not in the queries (first on line {bad_qids[0][0]}): dropped",
+        ))
+    if bad_docs:
+        n_d = len({d for _, d in bad_docs})
+        problems.append((
+            bad_docs[0][0],
+            f"unknown docid {bad_docs[0][1]!r} (not in the corpus; {len(bad_docs)} row(s) name {n_d} such docid(s))",
+            f"{len(bad_docs)} row(s) name {n_d} docid(s) not in the corpus (first on line {bad_docs[0][0]}): kept",
+        ))
+    if problems and on_unknown == "error":
+        line, msg, _ = min(problems)
+        raise DataFormatError(f"{path}:{line}: {msg}")
+    for _line, _msg, warning in problems:
+        log.warning("%s: %s", path, warning)
     return qrels
 
 
@@ -214,6 +230,19 @@ def find_local(dataset_id: str) -> tuple[Path, str | None] | None:
     return None
 
 
+def queries_path(folder: str | os.PathLike, queries_file: str | None = None) -> Path:
+    """The queries file of a BEIR folder: ``queries_file`` if given, else ``queries.jsonl``,
+    else the only ``queries*.jsonl`` there (``queries.dl19.jsonl``); the ``queries.jsonl``
+    path when none of these exists."""
+    folder = Path(folder)
+    qpath = folder / (queries_file or "queries.jsonl")
+    if queries_file is None and not qpath.exists():
+        cands = sorted(folder.glob("queries*.jsonl"))
+        if len(cands) == 1:
+            qpath = cands[0]
+    return qpath
+
+
 def load_beir_folder(
     folder: str | os.PathLike,
     split: str | None = "test",
@@ -221,6 +250,7 @@ def load_beir_folder(
     queries_file: str | None = None,
     qrels_file: str | None = None,
     check_docids: bool = True,
+    on_unknown: OnUnknown = "error",
 ) -> Collection:
     """Load a BEIR folder.
 
@@ -229,22 +259,24 @@ def load_beir_folder(
         split: qrels split (``qrels/<split>.tsv``); ``None`` loads no qrels and keeps all queries.
         queries_file: another queries file name inside ``folder`` (``queries.dl19.jsonl``).
         qrels_file: another qrels path (relative to ``folder`` or absolute).
-        check_docids: raise on a qrels docid that is not in the corpus.
+        check_docids: check that every qrels docid is in the corpus (``False``: not checked).
+        on_unknown: a qrels qid not in the queries file, or a docid not in the corpus:
+            ``error`` (default) or ``warn`` (stated counts; see :func:`load_qrels`).
+
+    Returns:
+        the :class:`Collection`; with a split, only queries that have qrels in it (a query
+        without judgments in this split is not part of it, e.g. SciFact's train queries in
+        ``test``).
 
     Raises:
         FileNotFoundError: a file is missing (message lists what was looked for).
-        DataFormatError: malformed content.
+        DataFormatError: malformed content, or qrels naming unknown qids or docids.
     """
     folder = Path(folder)
     if not (folder / "corpus.jsonl").exists():
         raise FileNotFoundError(f"{folder}: no corpus.jsonl (expected a BEIR folder)")
     corpus = load_corpus(folder / "corpus.jsonl")
-    qpath = folder / (queries_file or "queries.jsonl")
-    if queries_file is None and not qpath.exists():
-        cands = sorted(folder.glob("queries*.jsonl"))
-        if len(cands) == 1:
-            qpath = cands[0]
-    queries = load_queries(qpath)
+    queries = load_queries(queries_path(folder, queries_file))
     qrels: dict[str, dict[str, int]] = {}
     if qrels_file or split:
         rp = Path(qrels_file) if qrels_file else folder / "qrels" / f"{split}.tsv"
@@ -253,7 +285,7 @@ def load_beir_folder(
         if not rp.exists():
             have = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
             raise FileNotFoundError(f"{rp}: no such qrels file (splits here: {', '.join(have) or 'none'})")
-        qrels = load_qrels(rp, corpus if check_docids else None)
+        qrels = load_qrels(rp, corpus if check_docids else None, queries, on_unknown=on_unknown)
         queries = {q: t for q, t in queries.items() if q in qrels}
     name = f"{folder.name}/{split}" if split else folder.name
     return Collection(name=name, corpus=corpus, queries=queries, qrels=qrels, root=folder)
@@ -265,6 +297,8 @@ def load_collection(spec: str | os.PathLike, split: str | None = None, **kwargs)
     Args:
         spec: a folder path, or an id such as ``beir/scifact/test``.
         split: the qrels split when ``spec`` is a folder (default ``test``).
+
+        **kwargs: passed to :func:`load_beir_folder` (``on_unknown``, ``check_docids``, ...).
 
     Raises:
         FileNotFoundError / DataFormatError: as :func:`load_beir_folder`.

@@ -171,10 +171,9 @@ def _judged_dev(dev: DevSpec, collection=None):
 
 
 def _read_qids(path: str | os.PathLike) -> set[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: qids file not found")
-    return {line.split()[0] for line in p.read_text().splitlines() if line.strip()}
+    from retrieval_distill.data.formats import read_qids
+
+    return set(read_qids(path))
 
 
 def dev_evaluator(dev: DevSpec, name: str = "dev", collection=None):
@@ -325,7 +324,9 @@ def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
     coll = load_collection(job.collection, split=job.split)
     qids = coll.judged_qids()
     if job.qids_file:
-        keep = [ln.split()[0] for ln in Path(job.qids_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        from retrieval_distill.data.formats import read_qids
+
+        keep = read_qids(job.qids_file)
         unknown = [q for q in keep if q not in coll.queries]
         if unknown:
             raise TrainingDataError(f"{job.qids_file}: {len(unknown)} qids not in {job.collection} {job.split} (e.g. {unknown[:3]})")

@@ -18,13 +18,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from retrieval_distill.data.formats import RunFormatError, iter_trec_run
 from retrieval_distill.utils import atomic_path
 
 Run = dict[str, dict[str, float]]
 
-
-class RunFormatError(ValueError):
-    """A run file (or run dict) is malformed; the message names the file and 1-based line."""
+__all__ = ["Run", "RunFormatError", "iter_run_lines", "read_run", "run_tag", "trec_order", "write_run"]
 
 
 def trec_order(scores: dict[str, float]) -> list[tuple[str, float]]:
@@ -92,39 +91,17 @@ def _check_score(path, qid, docid, s) -> float:
 
 
 def iter_run_lines(path: str | os.PathLike) -> Iterable[tuple[int, str, str, int, float, str]]:
-    """Yield ``(lineno, qid, docid, rank, score, tag)`` for each non-blank line of a run file.
+    """Yield ``(lineno, qid, docid, rank, score, tag)`` for each non-blank line of a run file
+    (the shared TREC run reader, :func:`retrieval_distill.data.formats.iter_trec_run`).
 
     Windows (CRLF) and old-Mac line endings are accepted (universal newlines).
 
     Raises:
         FileNotFoundError: no such file.
-        RunFormatError: wrong column count (expects 6), a non-integer rank, or a
-            non-numeric / NaN score (message: ``file:line: reason``).
+        RunFormatError: wrong column count (expects 6), a non-integer rank, a
+            non-numeric / NaN score, or a line that is not UTF-8 (message: ``file:line: reason``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such run file")
-    with open(path, encoding="utf-8", newline=None) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise RunFormatError(
-                    f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}: {line.rstrip()!r}"
-                )
-            qid, _q0, docid, rank, score, tag = parts
-            try:
-                r = int(rank)
-            except ValueError:
-                raise RunFormatError(f"{path}:{lineno}: rank {rank!r} is not an integer") from None
-            try:
-                s = float(score)
-            except ValueError:
-                raise RunFormatError(f"{path}:{lineno}: score {score!r} is not a number") from None
-            if math.isnan(s):
-                raise RunFormatError(f"{path}:{lineno}: score is NaN")
-            yield lineno, qid, docid, r, s, tag
+    return iter_trec_run(path)
 
 
 def read_run(path: str | os.PathLike) -> Run:

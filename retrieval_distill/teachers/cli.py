@@ -109,9 +109,11 @@ def score_cmd(
 def _read_qids(path: Path | None) -> set[str]:
     if path is None:
         return set()
+    from retrieval_distill.data.formats import read_qids
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: qids file does not exist")
-    return {line.split()[0] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()}
+    return set(read_qids(path))
 
 
 def _ranked(path: Path, corpus=None) -> dict[str, list[str]]:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_distill.data.collections import DataFormatError
+from retrieval_distill.data.formats import DataFormatError, iter_columns
 from retrieval_distill.teachers.scoring import (
     FORMAT_VERSION,
     MANIFEST,
     Candidates,
+    _hofstatter_scores,
     plan_shards,
     read_scores,
     shard_table,
@@ -53,28 +54,17 @@ def import_hofstatter(
     scores: dict[tuple[str, str], float] = {}
     cands = Candidates(pairs={}, source=str(tsv), fmt="hofstatter")
     lines = conflicts = 0
-    with open(tsv, encoding="utf-8", newline=None) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 5:
-                raise DataFormatError(f"{tsv}:{lineno}: expected 5 columns 'pos_score neg_score qid pos_pid neg_pid', got {len(parts)}")
-            try:
-                ps, ns = float(parts[0]), float(parts[1])
-            except ValueError:
-                raise DataFormatError(f"{tsv}:{lineno}: a score is not a number: {parts[0]!r} {parts[1]!r}") from None
-            if not (np.isfinite(ps) and np.isfinite(ns)):
-                raise DataFormatError(f"{tsv}:{lineno}: non-finite score")
-            lines += 1
-            q = parts[2]
-            for d, s in ((parts[3], ps), (parts[4], ns)):
-                old = scores.get((q, d))
-                if old is None:
-                    scores[(q, d)] = s
-                    cands._add(q, d, lineno)
-                elif abs(old - s) > tol:
-                    conflicts += 1
+    for lineno, parts in iter_columns(tsv, 5, "'pos_score neg_score qid pos_pid neg_pid'"):
+        ps, ns = _hofstatter_scores(tsv, lineno, parts)
+        lines += 1
+        q = parts[2]
+        for d, s in ((parts[3], ps), (parts[4], ns)):
+            old = scores.get((q, d))
+            if old is None:
+                scores[(q, d)] = s
+                cands._add(q, d, lineno)
+            elif abs(old - s) > tol:
+                conflicts += 1
     if conflicts:
         log.warning("%s: %d lines give an already-seen (qid, pid) a different score; the first is kept", tsv, conflicts)
     name = teacher_name or f"hofstatter:{tsv.stem}"
@@ -143,19 +133,12 @@ def export_hofstatter(
     n = 0
     with atomic_path(out_tsv) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         if triples is not None:
-            with open(triples, encoding="utf-8", newline=None) as tf:
-                for lineno, line in enumerate(tf, 1):
-                    parts = line.split()
-                    if not parts:
-                        continue
-                    if len(parts) != 3:
-                        raise DataFormatError(f"{triples}:{lineno}: expected 'qid pos neg', got {len(parts)} columns")
-                    q, p, ng = parts
-                    for d in (p, ng):
-                        if d not in sc.get(q, {}):
-                            raise DataFormatError(f"{triples}:{lineno}: no teacher score for ({q}, {d}) in {scores_dir}")
-                    fh.write(f"{fmt(sc[q][p])}\t{fmt(sc[q][ng])}\t{q}\t{p}\t{ng}\n")
-                    n += 1
+            for lineno, (q, p, ng) in iter_columns(triples, 3, "'qid pos neg'"):
+                for d in (p, ng):
+                    if d not in sc.get(q, {}):
+                        raise DataFormatError(f"{triples}:{lineno}: no teacher score for ({q}, {d}) in {scores_dir}")
+                fh.write(f"{fmt(sc[q][p])}\t{fmt(sc[q][ng])}\t{q}\t{p}\t{ng}\n")
+                n += 1
         elif qrels is not None:
             for q in sorted(sc):
                 rel = qrels.get(q, {})

@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from retrieval_distill.data.collections import DataFormatError
+from retrieval_distill.data.formats import DataFormatError, iter_columns, iter_lines, iter_trec_run
 from retrieval_distill.teachers.base import Teacher, TeacherSpec, build_teacher, score_pairs
 from retrieval_distill.utils import atomic_path, fingerprint_files, sha256_file, write_json_atomic
 
@@ -111,11 +111,10 @@ class Candidates:
 
 
 def _detect_format(path: Path) -> str:
-    with open(path, encoding="utf-8", newline=None) as fh:
-        for line in fh:
-            parts = line.split()
-            if parts:
-                return {6: "trec", 2: "pairs", 3: "triples", 5: "hofstatter"}.get(len(parts), f"unknown({len(parts)} columns)")
+    for _lineno, line in iter_lines(path):
+        parts = line.split()
+        if parts:
+            return {6: "trec", 2: "pairs", 3: "triples", 5: "hofstatter"}.get(len(parts), f"unknown({len(parts)} columns)")
     raise DataFormatError(f"{path}: empty candidates file")
 
 
@@ -125,12 +124,13 @@ def read_candidates(path: str | os.PathLike, fmt: str = "auto") -> Candidates:
     Args:
         path: a TREC run (6 columns), ``qid docid`` pairs (2), ``qid pos neg`` triples (3),
             or a Hofstätter TSV ``pos_score neg_score qid pos_pid neg_pid`` (5); whitespace
-            separated, blank lines skipped.
+            separated, blank lines skipped. Read by the shared readers of
+            :mod:`retrieval_distill.data.formats` (a TREC run gets the run checks).
         fmt: ``auto`` (by the first line's column count) or one of the above.
 
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError: wrong column count or empty file (``file:line: reason``).
+        DataFormatError: wrong column count, a bad rank or score, or empty file (``file:line: reason``).
     """
     path = Path(path)
     if not path.is_file():
@@ -141,31 +141,40 @@ def read_candidates(path: str | os.PathLike, fmt: str = "auto") -> Candidates:
     if ncols is None:
         raise DataFormatError(f"{path}: cannot tell the candidates format ({fmt}); expected 6 (TREC run), 2, 3 or 5 columns")
     c = Candidates(pairs={}, source=str(path), fmt=fmt)
-    with open(path, encoding="utf-8", newline=None) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != ncols:
-                raise DataFormatError(f"{path}:{lineno}: expected {ncols} columns ({fmt}), got {len(parts)}: {line.rstrip()[:120]!r}")
-            if fmt == "trec":
+    if fmt == "trec":
+        for lineno, qid, docid, _rank, _score, _tag in iter_trec_run(path):
+            c._add(qid, docid, lineno)
+    elif fmt == "hofstatter":
+        for lineno, parts in iter_columns(path, 5, "'pos_score neg_score qid pos_pid neg_pid'"):
+            _hofstatter_scores(path, lineno, parts)
+            c._add(parts[2], parts[3], lineno)
+            c._add(parts[2], parts[4], lineno)
+    else:
+        for lineno, parts in iter_columns(path, ncols, f"({fmt})"):
+            c._add(parts[0], parts[1], lineno)
+            if fmt == "triples":
                 c._add(parts[0], parts[2], lineno)
-            elif fmt == "pairs":
-                c._add(parts[0], parts[1], lineno)
-            elif fmt == "triples":
-                c._add(parts[0], parts[1], lineno)
-                c._add(parts[0], parts[2], lineno)
-            else:
-                for col in (0, 1):
-                    try:
-                        float(parts[col])
-                    except ValueError:
-                        raise DataFormatError(f"{path}:{lineno}: score {parts[col]!r} is not a number") from None
-                c._add(parts[2], parts[3], lineno)
-                c._add(parts[2], parts[4], lineno)
     if not c.pairs:
         raise DataFormatError(f"{path}: no candidate pairs")
     return c
+
+
+def _hofstatter_scores(path: str | os.PathLike, lineno: int, parts: list[str]) -> tuple[float, float]:
+    """The two finite scores of a Hofstätter TSV line ``pos_score neg_score qid pos_pid neg_pid``.
+
+    Raises:
+        DataFormatError: a score that is not a number, or NaN/infinite (``file:line``).
+    """
+    out = []
+    for tok in parts[:2]:
+        try:
+            f = float(tok)
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: score {tok!r} is not a number") from None
+        if not np.isfinite(f):
+            raise DataFormatError(f"{path}:{lineno}: score {tok!r} is not finite")
+        out.append(f)
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------------------
