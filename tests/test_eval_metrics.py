@@ -1,5 +1,6 @@
 """Metrics: trec_eval semantics on hand-worked cases, and the published TREC DL 2019 runs."""
 
+import re
 from math import log2
 
 import pytest
@@ -88,6 +89,18 @@ def test_ranx_metric_names():
     assert ranx_metric_name("recall@1000-l3", 2) == "recall@1000-l3"
     with pytest.raises(ValueError, match="unknown metric"):
         ranx_metric_name("ndgc@10", 1)
+    assert ranx_metric_name("r-precision", 2) == "r-precision-l2" and ranx_metric_name("rbp.95", 1) == "rbp.95"
+
+
+@pytest.mark.parametrize("bad", ["ndcg@-5", "ndcg@0", "ndcg@abc", "ndcg@", "ndcg@1.5", "recall@10-l0", "rbp", "nope"])
+def test_bad_metric_names_fail_before_ranx(bad):
+    """ranx raised a bare AssertionError on ndcg@-5 and read ndcg@0 as "no cut-off"."""
+    from retrieval_distill.evaluation.metrics import parse_metrics
+
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        evaluate(QRELS, RUN, ["mrr@10", bad])
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        parse_metrics(f"ndcg@10,{bad}")
 
 
 def test_errors():

@@ -110,6 +110,60 @@ class EvalResult:
         return json.dumps(self.to_dict(per_query), indent=2)
 
 
+#: ranx's metric names (``ranx.metrics.metric_switch``)
+METRIC_NAMES = (
+    "hits", "hit_rate", "precision", "recall", "f1", "r-precision", "mrr", "map",
+    "dcg", "dcg_burges", "ndcg", "ndcg_burges", "bpref", "rbp",
+)
+_METRIC_HELP = "ranx names: ndcg@10, mrr@10, recall@100, map, precision@10, ...; cut-offs are positive integers"
+
+
+def parse_metric(metric: str) -> str:
+    """Check one metric name and return it normalised (lower case, stripped).
+
+    Grammar: ``NAME[@K][-lN]``: NAME a ranx metric (:data:`METRIC_NAMES`), K a cut-off
+    (an integer >= 1; ``rbp`` takes its persistence digits instead, ``rbp.95``), N a
+    relevance level (an integer >= 1). Checked here so that a bad name is a clear
+    ``ValueError`` before ranx runs (ranx fails on ``ndcg@-5`` with a bare AssertionError and
+    takes ``ndcg@0`` as "no cut-off").
+
+    Raises:
+        ValueError: an unknown name, or a cut-off or level that is not a positive integer.
+    """
+    m = str(metric).strip().lower()
+    body, level = m, None
+    if "-l" in m:
+        body, _, level = m.rpartition("-l")
+        if not (level.isascii() and level.isdigit()) or int(level) < 1:
+            raise ValueError(f"metric {metric!r}: relevance level {level!r} after '-l' must be an integer >= 1")
+    if body.startswith("rbp"):
+        name, sep, cut = body[:3], body[3:4], body[4:]
+        if body == "rbp" or sep not in ("@", ".") or not (cut.isascii() and cut.isdigit()):
+            raise ValueError(f"metric {metric!r}: rbp needs its persistence as digits, e.g. rbp.95")
+        return m
+    name, sep, cut = body.partition("@")
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {metric!r} ({_METRIC_HELP})")
+    if sep:
+        if not (cut.isascii() and cut.isdigit()) or int(cut) < 1:
+            raise ValueError(f"metric {metric!r}: cut-off {cut!r} must be an integer >= 1 ({_METRIC_HELP})")
+        m = f"{name}@{int(cut)}" + (f"-l{int(level)}" if level is not None else "")
+    return m
+
+
+def parse_metrics(text: str | Sequence[str]) -> list[str]:
+    """Metric names from a comma- or space-separated string (or a list), each checked by
+    :func:`parse_metric`; duplicates are dropped, order kept.
+
+    Raises:
+        ValueError: no metric, or a bad one (the message names it).
+    """
+    items = text.replace(",", " ").split() if isinstance(text, str) else [str(t) for t in text]
+    if not items:
+        raise ValueError("no metric given")
+    return list(dict.fromkeys(parse_metric(t) for t in items))
+
+
 def ranx_metric_name(metric: str, rel_threshold: int) -> str:
     """The ranx metric string for ``metric``: binary metrics get ``-l<threshold>``.
 
@@ -117,16 +171,10 @@ def ranx_metric_name(metric: str, rel_threshold: int) -> str:
     metric that already has ``-l`` is left as given.
 
     Raises:
-        ValueError: an unknown metric name.
+        ValueError: an unknown metric name, or a bad cut-off (see :func:`parse_metric`).
     """
-    from ranx.metrics import metric_switch
-
-    m = metric.strip().lower()
-    base = re.split(r"[@.-]", m, maxsplit=1)[0]
-    try:
-        metric_switch(base)
-    except Exception:
-        raise ValueError(f"unknown metric {metric!r} (ranx names: ndcg@10, mrr@10, recall@100, map, precision@10, ...)") from None
+    m = parse_metric(metric)
+    base = re.split(r"[@.]", m.rpartition("-l")[0] if "-l" in m else m, maxsplit=1)[0]
     if "-l" in m or base in GRADED or rel_threshold == 1:
         return m
     return f"{m}-l{rel_threshold}"
