@@ -196,3 +196,52 @@ def test_rerank_resumes_from_checkpoint(adi, adi_bm25_run, tmp_path):
     # Other settings (depth 3): the checkpoint is discarded, nothing stale is reused.
     other = rerank_run(adi, adi.queries, spec, tmp_path / "cands.trec", 3, checkpoint=ck)
     assert other[q0["qid"]] != marked["scores"] and all(len(v) == 3 for v in other.values())
+
+
+def _adi_plus_unknown_qid(tmp_path):
+    """ADI (links to the shared corpus and queries) whose qrels gain a row for query 999,
+    which queries.jsonl does not have."""
+    d = tmp_path / "adi"
+    (d / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (d / name).symlink_to(ADI / name)
+    (d / "qrels" / "test.tsv").write_text((ADI / "qrels" / "test.tsv").read_text() + "999\t1\t1\n")
+    run = tmp_path / "adi.trec"
+    write_run(run, {q: {"1": 1.0, "2": 0.5} for q in load_qrels(ADI / "qrels" / "test.tsv")}, tag="t")
+    return d, run
+
+
+def test_score_refuses_qrels_qids_that_are_not_queries(tmp_path):
+    """Was: the row was accepted and scored 0, 36 judged queries instead of 35, exit 0."""
+    d, run = _adi_plus_unknown_qid(tmp_path)
+    for qrels in ([str(d), "--split", "test"], [str(d / "qrels" / "test.tsv")]):
+        r = runner.invoke(app, ["eval", "score", "--qrels", *qrels, "--run", str(run)])
+        assert r.exit_code == 2, r.output
+        assert "test.tsv:172: unknown qid '999' (not in the queries" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["eval", "compare", str(run), "--qrels", str(d), "--split", "test", "--baseline", "adi"])
+    assert r.exit_code == 2 and "unknown qid '999'" in r.output
+    # the explicit opt-out: the row is dropped, the count is stated, the judged count stays 35
+    r = runner.invoke(app, ["eval", "score", "--qrels", str(d / "qrels" / "test.tsv"), "--run", str(run), "--allow-unknown"])
+    assert r.exit_code == 0, r.output
+    assert "35 judged queries (0 missing from the run, scored 0)" in r.output
+    assert "1 row(s) name 1 qid(s) not in the queries (first on line 172): dropped" in r.output
+
+
+@pytest.mark.parametrize(
+    "metric, reason",
+    [
+        ("ndcg@-5", "metric 'ndcg@-5': cut-off '-5' must be an integer >= 1"),
+        ("ndcg@0", "metric 'ndcg@0': cut-off '0' must be an integer >= 1"),
+        ("ndcg@abc", "metric 'ndcg@abc': cut-off 'abc' must be an integer >= 1"),
+        ("ndcg@10,nope", "unknown metric 'nope'"),
+        ("map-l0", "metric 'map-l0': relevance level '0' after '-l' must be an integer >= 1"),
+        (",", "no metric given"),
+    ],
+)
+def test_bad_metric_names_are_clear_errors(metric, reason):
+    """Was: ndcg@-5 raised ranx's bare AssertionError (a traceback); ndcg@0 was printed as a metric."""
+    for cmd in (["eval", "score", "--qrels", str(DL19_QRELS), "--run", str(BM25_RUN)],
+                ["eval", "compare", str(BM25_RUN), "--qrels", str(DL19_QRELS), "--baseline", "BM25"]):
+        r = runner.invoke(app, [*cmd, "--metrics", metric])
+        assert r.exit_code == 2, r.output
+        assert f"error: {reason}" in r.output and "Traceback" not in r.output

@@ -16,6 +16,8 @@ BEIR folder (with ``--split``), or a dataset id (``beir/scifact/test``, an ir_da
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -34,18 +36,59 @@ def _metrics(text: str) -> list[str]:
     return ms
 
 
-def resolve_qrels(spec: str, split: str | None = None) -> dict[str, dict[str, int]]:
+def resolve_qrels(spec: str, split: str | None = None, on_unknown: str = "error") -> dict[str, dict[str, int]]:
     """Qrels from a file path, a BEIR folder (+ split) or a dataset id.
 
+    Every qid must be a query of the collection: for a folder or id, of its queries file;
+    for a file inside a BEIR folder (``<folder>/qrels/<name>.tsv``), of that folder's queries
+    file (:func:`~retrieval_distill.data.collections.queries_path`). Docids are checked
+    against the corpus for a folder or id (a bare file is read without loading the corpus:
+    the official TREC DL qrels name passages outside the pool, and count as judged).
+
+    Args:
+        spec: the qrels file, BEIR folder or dataset id.
+        split: the qrels split of a folder.
+        on_unknown: ``error`` (default) or ``warn`` (rows of unknown qids dropped, of unknown
+            docids kept, the counts logged; see :func:`~retrieval_distill.data.collections.load_qrels`).
+
     Raises:
-        FileNotFoundError / DataFormatError: as the loaders.
+        FileNotFoundError / DataFormatError: as the loaders (unknown ids: ``file:line``).
     """
-    from retrieval_distill.data.collections import load_collection, load_qrels
+    from retrieval_distill.data.collections import load_collection, load_qrels, load_queries, queries_path
 
     p = Path(spec)
     if p.is_file():
-        return load_qrels(p)
-    return load_collection(spec, split=split).qrels
+        queries = None
+        folder = p.parent.parent
+        if p.parent.name == "qrels" and queries_path(folder).is_file():
+            queries = load_queries(queries_path(folder))
+        return load_qrels(p, queries=queries, on_unknown=on_unknown)
+    return load_collection(spec, split=split, on_unknown=on_unknown).qrels
+
+
+@contextlib.contextmanager
+def _echo_data_warnings():
+    """Print the data loaders' warnings (unknown ids allowed by --allow-unknown, empty
+    documents) on stderr as ``warning: ...`` lines, whatever logging is configured."""
+
+    class _Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            typer.echo(f"warning: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("retrieval_distill.data")
+    handler = _Echo(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def _metric_list(text: str) -> list[str]:
+    """``--metrics``: checked names (raises ValueError naming a bad one)."""
+    from retrieval_distill.evaluation.metrics import parse_metrics
+
+    return parse_metrics(text)
 
 
 def _fail(e: Exception) -> None:
@@ -63,6 +106,10 @@ def score_cmd(
     per_query: bool = typer.Option(False, "--per-query", help="also print per-query values (trec_eval -q style)"),
     count_no_relevant: bool = typer.Option(False, help="average qrels queries without a relevant doc in as 0"),
     out_json: Path = typer.Option(None, help="write the result (with per-query values) as JSON"),
+    allow_unknown: bool = typer.Option(
+        False, "--allow-unknown",
+        help="qrels naming qids not in the queries (dropped) or docids not in the corpus (kept): warn with the counts instead of failing",
+    ),
 ):
     """Score one run: overall means, judged/missing/unjudged counts, optionally per query."""
     from retrieval_distill.data.collections import DataFormatError
@@ -71,9 +118,11 @@ def score_cmd(
     from retrieval_distill.utils import write_json_atomic
 
     try:
-        q = resolve_qrels(qrels, split)
+        ms = _metric_list(metrics)
+        with _echo_data_warnings():
+            q = resolve_qrels(qrels, split, on_unknown="warn" if allow_unknown else "error")
         r = read_run(run)
-        res = evaluate(q, r, _metrics(metrics), rel_threshold=rel_threshold, count_no_relevant=count_no_relevant)
+        res = evaluate(q, r, ms, rel_threshold=rel_threshold, count_no_relevant=count_no_relevant)
     except (FileNotFoundError, DataFormatError, ValueError) as e:
         _fail(e)
     name = run.name.split(".")[0]
@@ -112,6 +161,10 @@ def compare_cmd(
     out_md: Path = typer.Option(None, help="Markdown output"),
     out_json: Path = typer.Option(None, help="JSON output"),
     out_png: Path = typer.Option(None, help="PNG bar chart with 95% CIs"),
+    allow_unknown: bool = typer.Option(
+        False, "--allow-unknown",
+        help="qrels naming qids not in the queries (dropped) or docids not in the corpus (kept): warn with the counts instead of failing",
+    ),
 ):
     """Compare runs with a baseline: significance marks (paired t-test, Fisher randomisation,
     Holm/Bonferroni), as Markdown (printed), JSON and PNG."""
@@ -119,9 +172,11 @@ def compare_cmd(
     from retrieval_distill.evaluation.compare import compare, load_runs
 
     try:
-        q = resolve_qrels(qrels, split)
+        ms = _metric_list(metrics)
+        with _echo_data_warnings():
+            q = resolve_qrels(qrels, split, on_unknown="warn" if allow_unknown else "error")
         rs = load_runs(runs)
-        res = compare(q, rs, baseline, _metrics(metrics), tests=_metrics(tests), correction=correction, alpha=alpha,
+        res = compare(q, rs, baseline, ms, tests=_metrics(tests), correction=correction, alpha=alpha,
                       rel_threshold=rel_threshold, n_permutations=n_permutations,
                       out_md=out_md, out_json=out_json, out_png=out_png)
     except (FileNotFoundError, DataFormatError, ValueError) as e:
