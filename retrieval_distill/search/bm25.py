@@ -68,17 +68,25 @@ class BM25Searcher:
         threads: threads for :meth:`batch_search`.
 
     Raises:
-        FileNotFoundError: ``index_dir`` does not exist.
+        FileNotFoundError: ``index_dir`` does not exist, or holds no Lucene index (Lucene's
+            reason in the message).
     """
 
     def __init__(self, index_dir: str | os.PathLike, k1: float = 0.9, b: float = 0.4, threads: int = 2):
         if not Path(index_dir).is_dir():
             raise FileNotFoundError(f"{index_dir}: no BM25 index here (build one with `rd bm25 index`)")
         ensure_jvm()
+        from jnius import JavaException
         from pyserini.search.lucene import LuceneSearcher
 
         self.index_dir = str(index_dir)
-        self.searcher = LuceneSearcher(self.index_dir)
+        try:
+            self.searcher = LuceneSearcher(self.index_dir)
+        except JavaException as e:
+            why = str(e).splitlines()[0].replace("JVM exception occurred: ", "")
+            raise FileNotFoundError(
+                f"{index_dir}: no BM25 index here (build one with `rd bm25 index`): Lucene cannot open it ({why[:200]})"
+            ) from None
         self.searcher.set_bm25(k1, b)
         self.k1, self.b, self.threads = k1, b, threads
         self._jq = None
