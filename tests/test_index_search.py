@@ -118,6 +118,23 @@ def test_store_publish_switch_and_cleanup(tmp_path):
         live.kill()
         live.wait()
     store.cleanup()
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "/etc", "..", "versions/../..", "a/b", "a\\b", ".x.tmp-1", "v1\nv2", "outside"])
+def test_current_pointing_outside_the_store_is_refused(tmp_path, bad):
+    """CURRENT is one folder name inside versions/: a path, a hidden or half-written folder,
+    or a version folder that is a link out of the store is an IndexFormatError naming CURRENT."""
+    docids, emb, _ = S.adi_encoded()
+    store = IndexStore(tmp_path / "store")
+    good = store.publish(build_index(emb[:10], docids[:10], store.new_version_dir("flat"), encoder=S.encoder()))
+    elsewhere = build_index(emb[:10], docids[:10], tmp_path / "elsewhere" / "v", encoder=S.encoder())
+    if bad == "outside":  # a link inside versions/ that leads to a complete version elsewhere
+        (store.versions_dir / bad).symlink_to(elsewhere.path)
+    (store.root / "CURRENT").write_text(bad + "\n")
+    with pytest.raises(IndexFormatError, match=r"store/CURRENT: names .*(not a version folder name|link leading outside)"):
+        store.current()
+    (store.root / "CURRENT").write_text(good.version_id + "\n")
+    assert store.current().version_id == good.version_id
     assert store.half_written() == []
     DenseSearcher(tmp_path / "store", S.encoder()).search("computer indexing", 3)  # store root works too
 

@@ -193,18 +193,44 @@ class IndexStore:
         return self.root / VERSIONS
 
     def current_id(self) -> str | None:
-        """The id named by ``CURRENT``, or None when nothing was published."""
+        """The id named by ``CURRENT``, or None when nothing was published.
+
+        Raises:
+            IndexFormatError: ``CURRENT`` is unreadable or names something that is not a
+                version folder name (a path such as ``../../etc`` or ``/etc``, several
+                components, a hidden or half-written folder): the store never follows it
+                outside ``versions/``.
+        """
         path = self.root / CURRENT
         if not path.exists():
             return None
-        vid = path.read_text(encoding="utf-8").strip()
-        return vid or None
+        try:
+            vid = path.read_text(encoding="utf-8").strip()
+        except (UnicodeDecodeError, IsADirectoryError) as e:
+            raise IndexFormatError(f"{path}: cannot be read as a version id ({e})") from None
+        if not vid:
+            return None
+        if (
+            len(vid.split()) != 1
+            or "/" in vid
+            or "\\" in vid
+            or "\0" in vid
+            or vid.startswith(".")
+            or Path(vid).is_absolute()
+        ):
+            raise IndexFormatError(
+                f"{path}: names {vid[:200]!r}, which is not a version folder name; CURRENT must name one "
+                f"folder inside {self.versions_dir} (refused, nothing outside the store is read)"
+            )
+        return vid
 
     def current(self) -> IndexVersion:
         """The current version (not yet loaded; call ``.load()``).
 
         Raises:
             FileNotFoundError: nothing published, or ``CURRENT`` names a missing folder.
+            IndexFormatError: ``CURRENT`` names something outside ``versions/`` (see
+                :meth:`current_id`), or a version folder that is a link leading out of it.
         """
         vid = self.current_id()
         if vid is None:
@@ -212,6 +238,11 @@ class IndexStore:
         path = self.versions_dir / vid
         if not path.is_dir():
             raise FileNotFoundError(f"{self.root / CURRENT}: names version {vid!r}, but {path} does not exist")
+        if path.is_symlink() or path.resolve().parent != self.versions_dir.resolve():
+            raise IndexFormatError(
+                f"{self.root / CURRENT}: names version {vid!r}, but {path} is a link leading outside "
+                f"{self.versions_dir}; refused"
+            )
         return IndexVersion(path)
 
     def versions(self) -> list[IndexVersion]:
