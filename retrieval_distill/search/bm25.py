@@ -76,8 +76,9 @@ class BM25Searcher:
         if not Path(index_dir).is_dir():
             raise FileNotFoundError(f"{index_dir}: no BM25 index here (build one with `rd bm25 index`)")
         ensure_jvm()
-        from jnius import JavaException
-        from pyserini.search.lucene import LuceneSearcher
+        from pyserini.search.lucene import LuceneSearcher  # first: it puts Anserini on the JVM's class path
+
+        from jnius import JavaException  # noqa: I001 - after pyserini (importing jnius starts the JVM)
 
         self.index_dir = str(index_dir)
         try:
