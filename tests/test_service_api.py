@@ -15,7 +15,9 @@ test publishes a new version while 8 clients keep querying and requires zero fai
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import math
 import os
 import socket
 import subprocess
@@ -192,7 +194,7 @@ def test_asymmetric_mode_uses_its_own_index_and_student(client, stores):
     assert body["index_version"] == stores["asym"].current_id() != stores["sym"].current_id()
     expected = direct.search(QUERIES[0], 5)
     assert [h["docid"] for h in body["hits"]] == [h.docid for h in expected]
-    manifest = client.get("/index").json()["modes"]["asymmetric"]["manifest"]
+    manifest = client.get("/index", headers={"X-API-Key": API_KEY}).json()["modes"]["asymmetric"]["manifest"]  # full paths: admin only
     assert manifest["documents_side"] == "teacher"
     assert manifest["query_encoder"]["name"] == str(stores["student"])
 
@@ -261,6 +263,30 @@ def test_malformed_bodies_are_4xx(client, content, status, reason):
     r = client.post("/search", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert reason in r.text
+
+
+def _strict_json(text: str):
+    def no_constant(name):
+        raise ValueError(f"{name} in a response")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+@pytest.mark.parametrize("path", ["/search", "/search/batch"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"query": "x", "k": NaN}', b'{"query": "x", "k": 1e999}', b'{"query": "\\ud800"}',
+        b'{"queries": ["a", "\\udc00"]}', b'{"query": "x", "rerank": true, "rerank_depth": -Infinity}',
+        b'{"query": "x", "extra": [NaN]}',
+    ],
+)
+def test_non_json_numbers_and_surrogates_are_422_not_500(client, path, content):
+    """The issue's repro against the real server: these answered 500."""
+    r = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    reason = _strict_json(r.content.decode("utf-8"))["reason"]
+    assert "non-finite number" in reason or "lone surrogate" in reason
 
 
 def test_oversized_body_is_413(client):
@@ -388,6 +414,12 @@ def test_openapi_schema_fuzzing_finds_no_5xx(server):
     schema-invalid requests (bounded: 150 examples): no 5xx, valid requests accepted, invalid
     ones rejected with 4xx, and responses that match their documented schemas.
 
+    Each generated JSON body is also sent poisoned with what JSON encoders refuse to write
+    and Python's reader still parses: NaN, ±Infinity, 1e999 and lone surrogates (``\\ud800``),
+    put in a field, a list item, a key or the whole body; those must answer 4xx with a
+    strictly encodable (RFC 8259) body, never 5xx. (schemathesis itself never generates
+    them: its numbers are finite and its strings valid UTF-8.)
+
     (Driven through Hypothesis directly: schemathesis' pytest plugin does not run under pytest 9.)
     """
     import collections
@@ -402,15 +434,45 @@ def test_openapi_schema_fuzzing_finds_no_5xx(server):
     assert {o.label for o in ops} >= {"POST /search", "POST /search/batch", "GET /readyz", "POST /admin/reload"}
     strategy = st.one_of([o.as_strategy(generation_mode=m) for o in ops for m in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
     seen: collections.Counter = collections.Counter()
+    poisoned: collections.Counter = collections.Counter()
+    big = "<1e999>"  # json.dumps cannot write 1e999 (it is inf): put in by text
+    poison = st.sampled_from([math.nan, math.inf, -math.inf, big, "\ud800", "query \udfff", "\udc00\ud800"])
+    fields = st.sampled_from(["query", "k", "queries", "mode", "rerank", "rerank_depth", "colour"])
 
-    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(case=strategy)
-    def fuzz(case):
-        response = case.call_and_validate(base_url=server, timeout=60)
-        seen[(case.operation.label, response.status_code // 100)] += 1
+    def poisoned_body(body, data):
+        value = data.draw(poison, label="poison")
+        where = data.draw(st.sampled_from(["field", "item", "key", "whole"]), label="where")
+        if where == "whole" or not isinstance(body, (dict, list)):
+            return value
+        body = copy.deepcopy(body)
+        if isinstance(body, list):
+            body.append(value)
+        elif where == "key":
+            body[value if isinstance(value, str) and value != big else "\ud800"] = 1
+        else:
+            field = data.draw(fields, label="field")
+            body[field] = [value] if where == "item" else value
+        return body
 
-    fuzz()
+    with httpx.Client(base_url=server, timeout=60) as http:
+
+        @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(case=strategy, data=st.data())
+        def fuzz(case, data):
+            response = case.call_and_validate(base_url=server, timeout=60)
+            seen[(case.operation.label, response.status_code // 100)] += 1
+            if case.operation.method.upper() != "POST" or case.operation.path.startswith("/admin"):
+                return
+            raw = json.dumps(poisoned_body(case.body, data), allow_nan=True).replace(f'"{big}"', "1e999")
+            r = http.post(case.operation.path, content=raw.encode(), headers={"content-type": "application/json"})
+            assert r.status_code < 500, (raw[:300], r.status_code, r.text[:300])
+            _strict_json(r.content.decode("utf-8"))
+            assert r.status_code == 422 and ("non-finite number" in r.text or "lone surrogate" in r.text), (raw[:300], r.text[:300])
+            poisoned[case.operation.label] += 1
+
+        fuzz()
     assert not [k for k in seen if k[1] == 5]
     # both valid answers and rejections were exercised on the search endpoints
     assert seen[("POST /search", 2)] and seen[("POST /search", 4)]
     assert seen[("POST /search/batch", 2)] and seen[("POST /search/batch", 4)]
+    assert poisoned["POST /search"] >= 10 and poisoned["POST /search/batch"] >= 10, poisoned

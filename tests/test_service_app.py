@@ -93,3 +93,57 @@ def test_openapi_documents_examples_and_errors(tmp_path):
     assert "APIKeyHeader" in spec["components"]["securitySchemes"]
     req = spec["components"]["schemas"]["SearchRequest"]["properties"]
     assert req["k"]["maximum"] == 100 and req["k"]["minimum"] == 1
+
+
+# ------------------------------------------------------------------ input JSON cannot carry
+def _strict_json(text: str):
+    """Parse as RFC 8259 JSON: no NaN/Infinity (what a strict client accepts)."""
+    import json
+
+    def no_constant(name):
+        raise ValueError(f"{name} in a response")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+@pytest.mark.parametrize("path", ["/search", "/search/batch"])
+@pytest.mark.parametrize(
+    "raw, loc",
+    [
+        (b'{"query": "x", "k": NaN}', "k"),
+        (b'{"query": "x", "k": 1e999}', "k"),
+        (b'{"query": "x", "k": -Infinity}', "k"),
+        (b'{"query": "x", "rerank_depth": Infinity}', "rerank_depth"),
+        (b'{"query": "x", "colour": NaN}', "colour"),
+        (b'{"query": "\\ud800"}', "query"),
+        (b'{"queries": ["fine", "\\udfff"], "k": 2}', "queries.1"),
+        (b'{"query": "x", "mode": "sym\\udc00"}', "mode"),
+        (b'{"\\ud800": 1}', "\\ud800"),
+        (b"[NaN, 1]", "0"),
+        (b"NaN", "body"),
+    ],
+)
+def test_non_finite_numbers_and_lone_surrogates_are_422_with_the_field(path, raw, loc):
+    """Was: 500, because the 422 handler echoed the input and JSON encoding failed."""
+    with _client() as c:
+        r = c.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    body = _strict_json(r.content.decode("utf-8"))  # encodable, strictly
+    assert body["reason"].startswith(f"{loc}: ") and ("non-finite number" in body["reason"] or "lone surrogate" in body["reason"])
+    assert body["detail"][0]["loc"][0] == "body"
+
+
+def test_validation_error_echo_is_always_encodable():
+    """The 422 handler's last line of defence, whatever reaches it."""
+    import math
+
+    from services.search_api.jsonsafe import json_safe, non_json_errors, redact_paths
+
+    safe = json_safe({"a": math.nan, "b": [math.inf, -math.inf, "x\ud800"], "\udfff": (1, 2.5), "c": ValueError("boom")})
+    assert safe == {"a": "NaN", "b": ["Infinity", "-Infinity", "x\\ud800"], "\\udfff": [1, 2.5], "c": "boom"}
+    assert _strict_json(__import__("json").dumps(safe, allow_nan=False)) == safe
+    errs = non_json_errors({"q": [1, {"r": math.nan}]})
+    assert errs[0]["loc"] == ("body", "q", 1, "r") and errs[0]["input"] == "NaN"
+    assert len(non_json_errors([math.nan] * 50)) == 10  # bounded
+    assert redact_paths("/srv/idx/versions/v1/index.faiss: bad; see ../x and a/b") == "index.faiss: bad; see ../x and a/b"
+

@@ -45,6 +45,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from retrieval_distill.search.base import Hit
 from services.search_api.batching import MicroBatcher
+from services.search_api.jsonsafe import StrictJSONRoute, json_safe
 from services.search_api.metrics import ServiceMetrics
 from services.search_api.middleware import InFlight, ServiceMiddleware, release_inflight
 from services.search_api.runtime import EncoderCache, ModeNotReady, Runtime
@@ -449,10 +450,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = state
+    # every route refuses JSON bodies holding NaN/Infinity or lone surrogates with a 422
+    app.router.route_class = StrictJSONRoute
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors()), "reason": _reason(exc)})
+        # the echoed input may hold what JSON cannot encode (NaN, lone surrogates): made safe,
+        # and should encoding still fail, the answer keeps locations and messages only
+        errors = exc.errors()
+        try:
+            return JSONResponse(status_code=422, content={"detail": json_safe(jsonable_encoder(errors)), "reason": json_safe(_reason(exc))})
+        except (ValueError, TypeError):  # pragma: no cover - json_safe leaves nothing unencodable
+            slim = [{"loc": json_safe([str(p) for p in e.get("loc", ())]), "msg": json_safe(str(e.get("msg", "")))} for e in errors]
+            return JSONResponse(status_code=422, content={"detail": slim, "reason": json_safe(_reason(exc))})
 
     def truncate(q: str) -> tuple[str, bool]:
         q = q.strip()  # surrounding whitespace means nothing to the tokenizer; the cut keeps real text
