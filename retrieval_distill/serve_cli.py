@@ -38,6 +38,7 @@ def serve(
     query_quantize: Optional[str] = typer.Option(None, help="onnx query encoder weights: none (fp32, default) or int8"),
     onnx_threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per encode call (default 1)"),
     encode_workers: Optional[int] = typer.Option(None, help="threads encoding + searching micro-batches in parallel (default 1)"),
+    body_timeout_s: Optional[float] = typer.Option(None, help="seconds a request body may take to arrive before 408 (default 5)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the search API (POST /search, /search/batch; GET /healthz, /readyz, /metrics, /index)."""
@@ -53,7 +54,7 @@ def serve(
         "host": host, "port": port, "max_k": max_k, "batch_max_size": batch_max_size,
         "batch_max_wait_ms": batch_max_wait_ms, "torch_threads": torch_threads, "faiss_threads": faiss_threads,
         "query_backend": query_backend, "query_quantize": query_quantize, "onnx_threads": onnx_threads,
-        "encode_workers": encode_workers,
+        "encode_workers": encode_workers, "body_timeout_s": body_timeout_s,
     }
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})

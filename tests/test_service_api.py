@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import pytest
 from conftest import ADI, PROJECT
 
 API_KEY = "test-admin-key"
+BODY_TIMEOUT_S = 2.0
 QUERIES = [
     "How can computer-based systems help with indexing documents?",
     "automatic abstracting and the evaluation of abstracts",
@@ -99,6 +101,7 @@ def server(stores, bm25_index):
         RD_RERANK_MAX_DEPTH="20",
         RD_RERANK_DEFAULT_DEPTH="10",
         RD_TORCH_THREADS="1",
+        RD_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
     )
     teacher = json.dumps({"kind": "bm25", "options": {"index": str(bm25_index)}})
     cmd = [
@@ -345,6 +348,66 @@ def test_admin_reload_needs_the_key(client):
     r = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
     assert r.status_code == 200, r.text
     assert all(not o["changed"] for o in r.json()["modes"].values())  # CURRENT did not move
+
+
+def _in_flight(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("rd_search_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("rd_search_in_flight not exported")
+
+
+def test_slow_bodies_time_out_and_do_not_hold_other_requests(server, client):
+    """Was: headers plus part of a body held a connection forever, and each one counted as a
+    search in flight, so the micro-batcher waited for it. Now: 408 + close after the body
+    deadline (also for a client that trickles a byte at a time), never counted in flight,
+    and normal requests are served meanwhile."""
+    host, port = server.removeprefix("http://").split(":")
+    head = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 200\r\n\r\n{\"query\": \"slow")
+    socks = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(20):
+            sk = socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT_S + 20)
+            sk.sendall(head)
+            socks.append(sk)
+        time.sleep(0.3)
+        assert _in_flight(client) == 0  # the twenty waiting bodies are not searches yet
+        for q in QUERIES:  # served while the slow bodies are still pending
+            r = client.post("/search", json={"query": q, "k": 3})
+            assert r.status_code == 200, r.text
+        if time.monotonic() - t0 < BODY_TIMEOUT_S * 0.9:  # (on a machine fast enough to tell)
+            ready, _, _ = select.select(socks, [], [], 0)
+            assert not ready, "a slow body was answered before its deadline"
+        # read every answer (two sockets trickle a byte every 0.4 s meanwhile: the deadline still holds)
+        answers = {sk: b"" for sk in socks}
+        closed: set = set()
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 20
+        while len(closed) < len(socks) and time.monotonic() < deadline:
+            for sk in socks[:2]:
+                if sk not in closed and not answers[sk]:
+                    try:
+                        sk.sendall(b"w")
+                    except OSError:
+                        pass
+            ready, _, _ = select.select([sk for sk in socks if sk not in closed], [], [], 0.4)
+            for sk in ready:
+                chunk = sk.recv(4096)
+                answers[sk] += chunk
+                if not chunk:
+                    closed.add(sk)
+        elapsed = time.monotonic() - t0
+    finally:
+        for sk in socks:
+            sk.close()
+    assert len(closed) == len(socks), f"{len(socks) - len(closed)} connections left open"
+    for sk, data in answers.items():
+        assert data.startswith(b"HTTP/1.1 408 "), data[:200]
+        assert b"connection: close" in data.lower() and b"not received within 2 s" in data
+    assert elapsed >= BODY_TIMEOUT_S
+    assert _in_flight(client) == 0
+    assert client.post("/search", json={"query": QUERIES[0], "k": 1}).status_code == 200
 
 
 def test_hot_swap_under_load_drops_nothing(server, stores, adi):

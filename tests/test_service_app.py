@@ -147,3 +147,44 @@ def test_validation_error_echo_is_always_encodable():
     assert len(non_json_errors([math.nan] * 50)) == 10  # bounded
     assert redact_paths("/srv/idx/versions/v1/index.faiss: bad; see ../x and a/b") == "index.faiss: bad; see ../x and a/b"
 
+
+# ------------------------------------------------------------------ slow bodies
+def test_body_deadline_answers_408_and_the_request_is_not_in_flight_meanwhile():
+    """The middleware alone: a body that stops half-way gets 408 + Connection: close once the
+    deadline passes (one deadline for the whole body), and is never counted in flight."""
+    import asyncio
+
+    from services.search_api.metrics import ServiceMetrics
+    from services.search_api.middleware import InFlight, ServiceMiddleware
+
+    seen_app = []
+
+    async def app(scope, receive, send):  # pragma: no cover - must not be reached
+        seen_app.append(scope["path"])
+
+    async def run() -> tuple[list[dict], list[int]]:
+        inflight = InFlight()
+        mw = ServiceMiddleware(app, ServiceMetrics(), inflight, max_body_bytes=1 << 20, body_timeout_s=0.3)
+        chunks = [{"type": "http.request", "body": b'{"query"', "more_body": True}] + [
+            {"type": "http.request", "body": b" ", "more_body": True}
+        ] * 100
+        counts: list[int] = []
+
+        async def receive():  # a byte every 50 ms: each chunk is quick, the body never ends
+            await asyncio.sleep(0.05)
+            counts.append(inflight())
+            return chunks.pop(0)
+
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/search", "headers": [(b"content-type", b"application/json")]}
+        await asyncio.wait_for(mw(scope, receive, send), timeout=10)
+        return sent, counts
+
+    sent, counts = asyncio.run(run())
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert b"not received within 0.3 s" in sent[1]["body"]
+    assert 3 <= len(counts) <= 8 and set(counts) == {0} and not seen_app

@@ -188,6 +188,7 @@ class ServiceState:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.inflight = InFlight()
+        self.metrics.in_flight.set_function(self.inflight)
         self.encoders = EncoderCache(
             settings.query_backend, settings.query_quantize, settings.onnx_threads, settings.query_min_cosine
         )
@@ -646,5 +647,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     outcomes[m] = ReloadOutcome(previous=prev, current=rt.version_id, changed=rt.version_id != prev)
             return ReloadResponse(modes=outcomes, took_ms=(time.perf_counter() - t0) * 1000)
 
-    app.add_middleware(ServiceMiddleware, metrics=state.metrics, inflight=state.inflight, max_body_bytes=s.max_body_bytes)
+    app.add_middleware(
+        ServiceMiddleware, metrics=state.metrics, inflight=state.inflight, max_body_bytes=s.max_body_bytes,
+        body_timeout_s=s.body_timeout_s,
+    )
     return app

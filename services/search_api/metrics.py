@@ -8,6 +8,8 @@
 * ``rd_index_docs{mode}``: documents in the served version.
 * ``rd_index_reloads_total{mode, outcome}``: reloads (``swapped``, ``unchanged``, ``failed``).
 * ``rd_encoder_batch_size{mode}`` / ``rd_encoder_batch_seconds{mode}``: micro-batches.
+* ``rd_search_in_flight``: ``/search`` requests whose body has arrived and that have no hits
+  yet (what the micro-batcher waits for; clients still sending a body are not counted).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class ServiceMetrics:
         self.batch_seconds = Histogram(
             "rd_encoder_batch_seconds", "seconds per encoder micro-batch (encode + search)", ("mode",),
             buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "rd_search_in_flight", "/search requests with a complete body and no hits yet", registry=self.registry
         )
         self._served: dict[str, str] = {}
 

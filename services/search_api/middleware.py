@@ -1,4 +1,4 @@
-"""ASGI middleware: body size limit, metrics and in-flight counting in one pass.
+"""ASGI middleware: body size and time limits, metrics and in-flight counting in one pass.
 
 Written as plain ASGI (not Starlette's ``BaseHTTPMiddleware``) to keep per-request
 overhead to a few microseconds on the hot path.
@@ -7,14 +7,20 @@ overhead to a few microseconds on the hot path.
   client declared a ``Content-Length`` or streamed it chunked; a malformed
   ``Content-Length`` answers 400, and so does a body that is not UTF-8 (JSON must be,
   RFC 8259 section 8.1).
+* The whole body must arrive within ``body_timeout_s`` of the request reaching the app
+  (one deadline for the body, not per chunk, so a byte now and then does not extend it);
+  otherwise 408 with ``Connection: close``. uvicorn itself only times out idle keep-alive
+  connections, never a body that stops half-way.
 * Every HTTP response is counted and timed by endpoint, mode (the handler writes
   ``scope["rd_mode"]``) and status.
-* Search requests in flight are counted from the moment they arrive, so the
-  micro-batcher knows when waiting for companions is worthwhile.
+* Search requests in flight are counted from the moment their body is complete (a client
+  still sending one is not a query the micro-batcher can expect), so the micro-batcher knows
+  when waiting for companions is worthwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any, Callable
@@ -41,26 +47,28 @@ def release_inflight(scope: dict, inflight: InFlight) -> None:
         inflight.n -= 1
 
 
-async def _send_json(send: Callable, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(send: Callable, status: int, payload: dict[str, Any], close: bool = False) -> None:
     body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # uvicorn closes the connection after a response that says so
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class ServiceMiddleware:
     """Wrap the FastAPI app (see module docstring)."""
 
-    def __init__(self, app: Callable, metrics: ServiceMetrics, inflight: InFlight, max_body_bytes: int):
+    def __init__(
+        self, app: Callable, metrics: ServiceMetrics, inflight: InFlight, max_body_bytes: int, body_timeout_s: float = 5.0
+    ):
+        if body_timeout_s <= 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s}")
         self.app = app
         self.metrics = metrics
         self.inflight = inflight
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -75,22 +83,23 @@ class ServiceMiddleware:
                 status_box[0] = int(message["status"])
             await send(message)
 
-        if path in SEARCH_PATHS:
-            scope["rd_inflight"] = True
-            self.inflight.n += 1
         try:
             if scope.get("method") in ("POST", "PUT", "PATCH"):
                 checked = await self._limit_body(scope, receive, send_wrapper)
                 if checked is None:
                     return
                 receive = checked
+            if path in SEARCH_PATHS:  # counted once its body is complete: only then can it join a batch
+                scope["rd_inflight"] = True
+                self.inflight.n += 1
             await self.app(scope, receive, send_wrapper)
         finally:
             release_inflight(scope, self.inflight)
             self.metrics.observe(path, scope.get("rd_mode", ""), status_box[0], started)
 
     async def _limit_body(self, scope: dict, receive: Callable, send: Callable) -> Callable | None:
-        """Read the whole body (at most the limit); answer 413/400 and return ``None`` if refused."""
+        """Read the whole body (at most the limit, within the deadline); answer 413/400/408 and
+        return ``None`` if refused."""
         limit = self.max_body_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -106,8 +115,19 @@ class ServiceMiddleware:
                     return None
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                await _send_json(
+                    send, 408,
+                    {"detail": f"request body not received within {self.body_timeout_s:g} s ({size} bytes arrived)"},
+                    close=True,
+                )
+                return None
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")

@@ -71,6 +71,10 @@ class ServiceSettings(BaseSettings):
         max_query_chars: queries are cut to this many characters (the response says ``truncated``);
             the encoder truncates at its token limit anyway (256 word pieces for MiniLM).
         max_body_bytes: request bodies above this size answer 413.
+        body_timeout_s: a request's whole body must arrive within this many seconds of the
+            request reaching the app, else 408 and the connection is closed (uvicorn has no
+            body-read timeout: a client sending headers and part of a body held a connection,
+            and a seat in the micro-batcher's in-flight count, forever).
         max_batch_queries: most queries in one ``POST /search/batch``.
         batch_max_size: micro-batching: most queries encoded in one forward pass.
         batch_max_wait_ms: micro-batching: longest a query waits for companions (milliseconds);
@@ -109,6 +113,7 @@ class ServiceSettings(BaseSettings):
     max_k: int = Field(100, ge=1, le=10_000)
     max_query_chars: int = Field(2_000, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    body_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
     max_batch_queries: int = Field(256, ge=1)
 
     batch_max_size: int = Field(32, ge=1)
