@@ -350,6 +350,49 @@ def test_admin_reload_needs_the_key(client):
     assert all(not o["changed"] for o in r.json()["modes"].values())  # CURRENT did not move
 
 
+def test_reload_error_is_cleared_by_a_later_successful_reload(client, stores):
+    """Was: /readyz kept a failed reload's error after the store was fixed and reloaded.
+    Also: a CURRENT pointing outside the store is refused (409) while the old version serves."""
+    key = {"X-API-Key": API_KEY}
+    current = stores["asym"].root / "CURRENT"
+    good = current.read_text()
+    try:
+        current.write_text("../../etc\n")
+        r = client.post("/admin/reload", params={"mode": "asymmetric"}, headers=key)
+        assert r.status_code == 409 and "CURRENT: names '../../etc', which is not a version folder name" in r.text
+        st = client.get("/readyz").json()["modes"]["asymmetric"]
+        assert st["loaded"] is True and "not a version folder name" in st["error"]
+        assert client.post("/search", json={"query": QUERIES[0], "k": 2, "mode": "asymmetric"}).status_code == 200
+    finally:
+        current.write_text(good)
+    r = client.post("/admin/reload", params={"mode": "asymmetric"}, headers=key)
+    assert r.status_code == 200 and r.json()["modes"]["asymmetric"]["changed"] is False
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["modes"]["asymmetric"]["error"] is None
+
+
+def test_index_without_the_key_shows_no_server_paths(client, stores):
+    """/index is open to anyone: paths relative to the store, manifest paths cut to names;
+    the admin key shows the full paths."""
+    sym = stores["sym"].current()
+    text = client.get("/index").text
+    assert str(stores["root"]) not in text and str(PROJECT) not in text and '"/' not in text
+    modes = json.loads(text)["modes"]
+    assert modes["symmetric"]["path"] == f"versions/{sym.version_id}"
+    assert modes["asymmetric"]["manifest"]["query_encoder"]["name"] == stores["student"].name
+    assert "/" not in json.dumps(client.get("/readyz").json())
+    full = client.get("/index", headers={"X-API-Key": API_KEY}).json()["modes"]
+    assert full["symmetric"]["path"] == str(sym.path)
+    assert full["asymmetric"]["manifest"]["query_encoder"]["name"] == str(stores["student"])
+    wrong = client.get("/index", headers={"X-API-Key": "wrong"}).json()["modes"]
+    assert wrong["symmetric"]["path"] == f"versions/{sym.version_id}"
+
+
+def test_docs_pages_are_off_offline_and_the_schema_is_served(client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["paths"]["/search"]
+
+
 def _in_flight(client) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith("rd_search_in_flight "):

@@ -148,6 +148,14 @@ def test_validation_error_echo_is_always_encodable():
     assert redact_paths("/srv/idx/versions/v1/index.faiss: bad; see ../x and a/b") == "index.faiss: bad; see ../x and a/b"
 
 
+def test_docs_pages_need_no_cdn_they_are_off_and_the_schema_is_served():
+    """/docs and /redoc loaded their scripts from a CDN (blank offline): off; /openapi.json stays."""
+    with _client() as c:
+        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+        spec = c.get("/openapi.json").json()
+    assert "/search" in spec["paths"] and "/openapi.json" in spec["info"]["description"]
+
+
 # ------------------------------------------------------------------ slow bodies
 def test_body_deadline_answers_408_and_the_request_is_not_in_flight_meanwhile():
     """The middleware alone: a body that stops half-way gets 408 + Connection: close once the

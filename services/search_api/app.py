@@ -8,15 +8,21 @@ Endpoints:
   -> ``{hits: [{docid, score, rank, title, text}], index_version, mode, took_ms, truncated}``
 * ``POST /search/batch`` ``{queries: [...], k, mode, rerank, rerank_depth}`` -> one result per query,
   all answered by the same index version.
-* ``GET /healthz`` (process alive), ``GET /readyz`` (every configured mode loaded and warm, else 503),
-  ``GET /metrics`` (Prometheus), ``GET /index`` (manifests of the versions served).
+* ``GET /healthz`` (process alive), ``GET /readyz`` (every configured mode loaded and warm, else 503;
+  a failed reload's error until a later reload succeeds), ``GET /metrics`` (Prometheus),
+  ``GET /index`` (manifests of the versions served; full paths only with the admin key).
 * ``POST /admin/reload`` (header ``X-API-Key``; 401 without, 403 wrong; routes absent when no key
   is configured): switch each mode to its store's ``CURRENT`` version. The new version is loaded
   and warmed on a loader thread while the old one keeps serving; then one reference is swapped.
 
-Errors: validation 422 (``detail`` lists each problem, ``reason`` sums them up in one line);
-unknown mode 422; mode not configured 400; rerank not configured 400; no index loaded 503;
-body over the limit 413; undecodable body 400/422. Handlers never answer 500 for bad input.
+Errors: validation 422 (``detail`` lists each problem, ``reason`` sums them up in one line;
+the echoed input is made JSON-safe); NaN/Infinity/out-of-range numbers and lone surrogates
+anywhere in a JSON body 422 (:mod:`services.search_api.jsonsafe`); unknown mode 422; mode
+not configured 400; rerank not configured 400; no index loaded 503; body over the limit 413;
+body not complete within ``body_timeout_s`` 408; undecodable body 400/422. Handlers never
+answer 500 for bad input. ``/docs`` and ``/redoc`` are off (their UIs load from a CDN); the
+schema is ``/openapi.json``. Answers anyone may read (``/readyz``, ``/index`` without the
+admin key, 503 reasons) show no absolute server path.
 
 Concurrency: queries of concurrent ``/search`` requests are micro-batched per mode
 (:mod:`services.search_api.batching`) and encoded + searched on ``encode_workers`` threads
@@ -45,7 +51,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from retrieval_distill.search.base import Hit
 from services.search_api.batching import MicroBatcher
-from services.search_api.jsonsafe import StrictJSONRoute, json_safe
+from services.search_api.jsonsafe import StrictJSONRoute, json_safe, redact, redact_paths
 from services.search_api.metrics import ServiceMetrics
 from services.search_api.middleware import InFlight, ServiceMiddleware, release_inflight
 from services.search_api.runtime import EncoderCache, ModeNotReady, Runtime
@@ -261,7 +267,7 @@ class ServiceState:
                 self.corpus = await loop.run_in_executor(self.load_pool, _load_corpus, s.corpus)
                 log.warning("corpus %s: %d documents loaded in %.1f s", s.corpus, len(self.corpus), time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - reported by /readyz and hits carry no text
-                self.corpus_error = f"{type(e).__name__}: {e}"
+                self.corpus_error = redact_paths(f"{type(e).__name__}: {e}")
                 log.error("corpus %s could not be loaded: %s", s.corpus, e)
         for st in self.modes.values():
             if not st.configured:
@@ -275,9 +281,9 @@ class ServiceState:
                     st.mode, rt.version_id, time.perf_counter() - t0, rt.query_backend.get("backend", "?"),
                 )
             except Exception as e:  # noqa: BLE001 - the service stays up, /readyz says why
-                st.error = f"{type(e).__name__}: {e}"
+                st.error = redact_paths(f"{type(e).__name__}: {e}")
                 self.metrics.loaded.labels(st.mode).set(0)
-                log.error("mode %s: no index loaded: %s", st.mode, st.error)
+                log.error("mode %s: no index loaded: %s: %s", st.mode, type(e).__name__, e)
         if s.rerank_teacher is not None:
             try:
                 from retrieval_distill.teachers.base import build_teacher
@@ -286,8 +292,8 @@ class ServiceState:
                 self.teacher = await loop.run_in_executor(self.load_pool, build_teacher, s.teacher_spec())
                 log.warning("rerank teacher %s built in %.1f s", s.teacher_spec().display_name(), time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - rerank requests answer 503 with this message
-                self.teacher_error = f"{type(e).__name__}: {e}"
-                log.error("rerank teacher could not be built: %s", self.teacher_error)
+                self.teacher_error = redact_paths(f"{type(e).__name__}: {e}")
+                log.error("rerank teacher could not be built: %s: %s", type(e).__name__, e)
 
     async def shutdown(self) -> None:
         if self.startup_task is not None and not self.startup_task.done():
@@ -446,9 +452,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1.0",
         description=(
             "Dense first-stage retrieval over a FAISS index built from a distilled bi-encoder, "
-            "with optional teacher reranking. Every answer names the index version that produced it."
+            "with optional teacher reranking. Every answer names the index version that produced it. "
+            "This schema is served at `/openapi.json`; the browser UIs (`/docs`, `/redoc`) are off "
+            "because they load their scripts from a CDN, which an offline deployment cannot reach."
         ),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = state
     # every route refuses JSON bodies holding NaN/Infinity or lone surrogates with a 422
@@ -543,7 +553,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             m: ModeStatus(
                 configured=st.configured, loaded=st.runtime is not None,
                 version=st.runtime.version_id if st.runtime else None, error=st.error,
-                query_backend=st.runtime.query_backend or None if st.runtime else None,
+                query_backend=redact(st.runtime.query_backend) or None if st.runtime else None,
             )
             for m, st in state.modes.items()
         }
@@ -574,19 +584,31 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    admin_key = s.admin_api_key.get_secret_value().encode() if s.admin_api_key is not None else None
+
     @app.get("/index", response_model=IndexResponse, tags=["ops"])
-    async def index_info() -> IndexResponse:
-        """The manifest of the index version each mode serves."""
+    async def index_info(request: Request) -> IndexResponse:
+        """The manifest of the index version each mode serves.
+
+        Without the admin key (header `X-API-Key`) no server path is shown: `path` is relative
+        to the index store (`versions/<id>`) and absolute paths in the manifest (local model
+        folders, corpus files) are cut to their last component. With the key: full paths.
+        """
+        given = request.headers.get(API_KEY_HEADER)
+        admin = admin_key is not None and given is not None and secrets.compare_digest(given.encode(), admin_key)
         out = {}
         for m, st in state.modes.items():
             if not st.configured:
                 continue
             rt = st.runtime
-            out[m] = IndexInfo(
-                version=rt.version_id if rt else None, path=str(rt.path) if rt else None,
-                loaded_at=rt.loaded_at if rt else None, manifest=rt.manifest if rt else None, error=st.error,
-                query_backend=rt.query_backend or None if rt else None,
+            info = IndexInfo(
+                version=rt.version_id if rt else None,
+                path=(str(rt.path) if admin else f"versions/{rt.path.name}") if rt else None,
+                loaded_at=rt.loaded_at if rt else None, error=st.error,
+                manifest=(rt.manifest if admin else redact(rt.manifest)) if rt else None,
+                query_backend=(rt.query_backend if admin else redact(rt.query_backend)) or None if rt else None,
             )
+            out[m] = info
         return IndexResponse(modes=out)
 
     if s.admin_api_key is not None:
@@ -631,8 +653,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                             cur = await loop.run_in_executor(state.load_pool, current_version_id, state.settings.index_root_for(m))
                         except Exception as e:  # noqa: BLE001
                             state.metrics.reloads.labels(m, "failed").inc()
+                            st.error = redact_paths(f"reload failed: cannot read the index store: {type(e).__name__}: {e}")
                             raise HTTPException(409, f"mode {m!r}: cannot read the index store ({type(e).__name__}: {e}); still serving {prev}") from None
                         if cur == prev:
+                            st.error = None  # the store is readable and serves what it names: an earlier failure is over
                             state.metrics.reloads.labels(m, "unchanged").inc()
                             outcomes[m] = ReloadOutcome(previous=prev, current=prev, changed=False)
                             continue
@@ -640,7 +664,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                         rt = await loop.run_in_executor(state.load_pool, state.load_runtime, m)
                     except Exception as e:  # noqa: BLE001 - the old version keeps serving
                         state.metrics.reloads.labels(m, "failed").inc()
-                        st.error = f"reload failed: {type(e).__name__}: {e}"
+                        st.error = redact_paths(f"reload failed: {type(e).__name__}: {e}")
                         raise HTTPException(409, f"mode {m!r}: new version could not be loaded ({type(e).__name__}: {e}); still serving {prev}") from None
                     state.install(rt)
                     state.metrics.reloads.labels(m, "swapped").inc()

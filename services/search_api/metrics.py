@@ -23,7 +23,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # Paths reported as their own ``endpoint`` label; anything else is ``other`` (bounded cardinality).
 KNOWN_ENDPOINTS = frozenset(
-    ["/search", "/search/batch", "/healthz", "/readyz", "/metrics", "/index", "/admin/reload", "/docs", "/openapi.json"]
+    ["/search", "/search/batch", "/healthz", "/readyz", "/metrics", "/index", "/admin/reload", "/openapi.json"]
 )
 
 
