@@ -157,7 +157,10 @@ def test_check_mode_and_bad_training_sets(scored, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("collection: x\n")
     r = _rd("student", "train", bad)
-    assert r.exit_code == 2 and "candidates" in r.output
+    assert r.exit_code == 2 and "output" in r.output and "Field required" in r.output
+    bad.write_text(f"collection: x\noutput: {tmp_path / 'student'}\n")
+    r = _rd("student", "train", bad)
+    assert r.exit_code == 2 and "mode two_tower needs candidates, scores, teacher" in r.output, r.output
     assert not (tmp_path / "student").exists()
 
 

@@ -39,6 +39,7 @@ from typing import Literal
 import typer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from retrieval_distill.distill.query_side import QuerySideSpec
 from retrieval_distill.distill.train import TrainConfig
 from retrieval_distill.teachers.base import TeacherSpec
 
@@ -213,23 +214,48 @@ def dev_evaluator(dev: DevSpec, name: str = "dev", collection=None):
 
 
 class StudentJob(BaseModel):
-    """A ``rd student train`` config (see the module docstring)."""
+    """A ``rd student train`` config (see the module docstring).
+
+    ``mode: two_tower`` (default) trains query and document towers from (query, positive,
+    negatives) examples and needs ``candidates``, ``scores`` and ``teacher``.
+    ``mode: query_side`` trains only a query encoder against the frozen documents of an
+    existing index (``query_side.documents``; :mod:`retrieval_distill.distill.query_side`);
+    ``scores`` and ``teacher`` are needed only by its teacher terms.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    mode: Literal["two_tower", "query_side"] = "two_tower"
     collection: str
     split: str = "train"
     qids_file: str | None = None
+    exclude_qids_file: str | None = None
     max_queries: int | None = None
     max_examples: int | None = None
-    candidates: str
-    scores: str
+    candidates: str | None = None
+    scores: str | None = None
     positive_texts: str | None = None
-    teacher: TeacherSpec | str
+    teacher: TeacherSpec | str | None = None
     teacher_fingerprint: str | None = None
     output: str
     train: TrainConfig = Field(default_factory=TrainConfig)
     leaf: LeafSpec | None = None
+    query_side: QuerySideSpec | None = None
     dev: DevSpec | None = None
+
+    @model_validator(mode="after")
+    def _mode_needs(self):
+        if self.mode == "two_tower":
+            missing = [k for k in ("candidates", "scores", "teacher") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"mode two_tower needs {', '.join(missing)}")
+            if self.query_side is not None:
+                raise ValueError("`query_side:` is set but mode is two_tower; set mode: query_side")
+        else:
+            if self.query_side is None:
+                raise ValueError("mode query_side needs a `query_side:` section with `documents:` (an index or encoding folder)")
+            if self.leaf is not None or self.positive_texts is not None:
+                raise ValueError("`leaf:` and `positive_texts:` apply to two_tower training only")
+        return self
 
 
 def load_job(path: str | os.PathLike) -> StudentJob:
@@ -332,6 +358,9 @@ def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
             raise TrainingDataError(f"{job.qids_file}: {len(unknown)} qids not in {job.collection} {job.split} (e.g. {unknown[:3]})")
         keep_set = set(keep)
         qids = [q for q in qids if q in keep_set]
+    if job.exclude_qids_file:
+        drop = _read_qids(job.exclude_qids_file)
+        qids = [q for q in qids if q not in drop]
     if job.max_queries is not None and job.max_queries < len(qids):
         qids = sorted(random.Random(job.train.seed).sample(qids, job.max_queries), key=qids.index)
     cands = read_candidates(job.candidates).pairs
@@ -446,6 +475,10 @@ def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool =
 
     if not isinstance(job, StudentJob):
         job = load_job(job)
+    if job.mode == "query_side":
+        from retrieval_distill.distill.query_side import train_query_side
+
+        return train_query_side(job, show_progress=show_progress)
     examples, facts = prepare_examples(job)
     cfg = job.train
     if any(s.name == "leaf" for s in cfg.losses):
@@ -477,7 +510,12 @@ def train_cmd(
     try:
         job = load_job(config)
         if check_only:
-            examples, facts = prepare_examples(job)
+            if job.mode == "query_side":
+                from retrieval_distill.distill.query_side import prepare_query_side
+
+                facts = prepare_query_side(job)["facts"]
+            else:
+                examples, facts = prepare_examples(job)
             if job.dev is not None:
                 facts["dev_judged_queries"] = check_dev(job.dev)
             typer.echo(json.dumps(facts, indent=2, default=str))

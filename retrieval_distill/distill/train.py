@@ -85,6 +85,8 @@ def train_student(
     show_progress: bool = True,
     evaluator=None,
     keep_best: bool = False,
+    model=None,
+    loss=None,
 ) -> Path:
     """Train a student and save it to ``output_dir`` (a sentence-transformers folder).
 
@@ -101,6 +103,9 @@ def train_student(
         keep_best: save the epoch with the best evaluator primary metric instead of the last
             step (needs ``evaluator``; Hugging Face ``load_best_model_at_end``, checkpoints per
             epoch); the card records it as ``dev_selected``.
+        model: a prepared ``SentenceTransformer`` to train (``None`` loads ``cfg.init``);
+            query-side training passes its query tower with a projection.
+        loss: a prepared loss module (``None`` builds ``cfg.losses`` with :func:`build_loss`).
 
     Raises:
         ValueError: ``keep_best`` without an evaluator.
@@ -122,9 +127,11 @@ def train_student(
     torch.manual_seed(cfg.seed)
     output_dir = Path(output_dir)
     ckpt_dir = output_dir.with_name(output_dir.name + ".ckpt")
-    model = load_sentence_transformer(cfg.init)
-    model.max_seq_length = cfg.max_seq_length
-    loss = build_loss(model, cfg.losses)
+    if model is None:
+        model = load_sentence_transformer(cfg.init)
+        model.max_seq_length = cfg.max_seq_length
+    if loss is None:
+        loss = build_loss(model, cfg.losses)
     ds = Dataset.from_list(examples)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),

@@ -1,0 +1,289 @@
+"""Loss terms of query-side training (:mod:`retrieval_distill.distill.query_side`): one small
+``nn.Module`` each, with its citation, computed from a :class:`QueryBatch` (the student's
+query vectors scored against frozen document vectors), and :class:`QuerySideLoss`, the
+sentence-transformers loss that builds the batch and sums the weighted terms.
+
+=================  ======================================================================
+name               method
+=================  ======================================================================
+corpus_infonce     :class:`CorpusInfoNCE`: qrels positives vs every other corpus document
+listwise_kl        :class:`CandidateListwiseKL`: KL to the teacher over its whole candidate list
+margin_mse         :class:`CandidateMarginMSE`: Hofstätter et al. 2020 over (positive, candidate) pairs
+pairwise           :class:`CandidatePairwise`: PairDistill over pairs of the teacher's top candidates
+=================  ======================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass
+class QueryBatch:
+    """What every term sees for one batch of ``B`` queries.
+
+    Attributes:
+        q: student query vectors, float32 ``(B, dim)``.
+        logits_docs: student scores against the scored documents, ``(B, M)`` (all ``n_docs``,
+            or positives + a sample), cosine/dot in student units.
+        pos_cols: ``(B, M)`` bool, True where the column is one of the query's positives.
+        cand_s: student scores of the teacher's candidates ``(B, C)`` (0 where padded).
+        cand_t: teacher scores ``(B, C)`` (0 where padded).
+        cand_mask: ``(B, C)`` bool, True for real candidates.
+        cand_pos: ``(B, C)`` bool, True for candidates that are qrels positives.
+    """
+
+    q: Tensor
+    logits_docs: Tensor | None
+    pos_cols: Tensor | None
+    cand_s: Tensor | None
+    cand_t: Tensor | None
+    cand_mask: Tensor | None
+    cand_pos: Tensor | None
+
+
+def _masked_log_softmax(x: Tensor, mask: Tensor) -> Tensor:
+    return F.log_softmax(x.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+class CorpusInfoNCE(nn.Module):
+    """InfoNCE with the whole frozen corpus as negatives (van den Oord et al. 2018,
+    arXiv:1807.03748; the full-corpus softmax of query-side fine-tuning, DensePhrases, Lee et
+    al. 2021, arXiv:2012.12624). For query ``b`` with positives ``P_b``:
+
+        L_b = mean_{p in P_b} [ logsumexp_d(s_bd / tau) - s_bp / tau ]
+
+    Args:
+        temperature: tau in student-score units (0.05 for cosine scores).
+    """
+
+    needs_teacher = False
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        self.temperature = float(temperature)
+
+    def forward(self, b: QueryBatch) -> Tensor:
+        logits = b.logits_docs / self.temperature
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        per = (lse - logits) * b.pos_cols
+        return (per.sum(-1) / b.pos_cols.sum(-1).clamp(min=1)).mean()
+
+    citation = "van den Oord et al. 2018, arXiv:1807.03748; DensePhrases query-side fine-tuning, Lee et al. 2021, arXiv:2012.12624"
+
+
+class CandidateListwiseKL(nn.Module):
+    """KL from the teacher's distribution over a query's whole candidate list to the
+    student's (RocketQAv2, Ren et al. 2021, arXiv:2110.07367; Tamber et al. 2025,
+    arXiv:2502.19712), padding masked out:
+
+        L_b = sum_i P_t(i) (log P_t(i) - log P_s(i)),  P = softmax over the real candidates
+
+    Args:
+        teacher_temperature: tau_t in teacher-score units.
+        student_temperature: tau_s in student-score units (0.05 for cosine).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, teacher_temperature: float = 1.0, student_temperature: float = 0.05):
+        super().__init__()
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        self.teacher_temperature = float(teacher_temperature)
+        self.student_temperature = float(student_temperature)
+
+    def forward(self, b: QueryBatch) -> Tensor:
+        log_ps = _masked_log_softmax(b.cand_s / self.student_temperature, b.cand_mask)
+        log_pt = _masked_log_softmax(b.cand_t / self.teacher_temperature, b.cand_mask)
+        kl = torch.where(b.cand_mask, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_ps))
+        return kl.sum(-1).mean()
+
+    citation = "Ren et al. 2021 (RocketQAv2), arXiv:2110.07367; Tamber et al. 2025, arXiv:2502.19712"
+
+
+class CandidateMarginMSE(nn.Module):
+    """Margin-MSE (Hofstätter et al. 2020, "Improving Efficient Neural Ranking Models with
+    Cross-Architecture Knowledge Distillation", arXiv:2010.02666) over every (positive,
+    other candidate) pair of a query's list:
+
+        L = mean_{(p, n)} ( (s_p - s_n) - teacher_scale * (t_p - t_n) )^2
+
+    Args:
+        teacher_scale: maps teacher margins into student units (cosine margins are small).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, teacher_scale: float = 1.0):
+        super().__init__()
+        self.teacher_scale = float(teacher_scale)
+
+    def forward(self, b: QueryBatch) -> Tensor:
+        pos = b.cand_pos & b.cand_mask
+        neg = (~b.cand_pos) & b.cand_mask
+        ds = b.cand_s[:, :, None] - b.cand_s[:, None, :]
+        dt = (b.cand_t[:, :, None] - b.cand_t[:, None, :]) * self.teacher_scale
+        pairs = pos[:, :, None] & neg[:, None, :]
+        n = pairs.sum()
+        if n == 0:
+            return b.q.sum() * 0.0
+        return (((ds - dt) ** 2) * pairs).sum() / n
+
+    citation = "Hofstätter et al. 2020, arXiv:2010.02666"
+
+
+class CandidatePairwise(nn.Module):
+    """Pairwise distillation (PairDistill, Huang et al. 2024, arXiv:2410.01383) over every
+    pair among a query's ``top`` candidates by teacher score: binary KL between
+    ``sigmoid((t_i - t_j) / tau_t)`` and ``sigmoid((s_i - s_j) / tau_s)``.
+
+    Args:
+        top: candidates per query entering pairs (by teacher score).
+        teacher_temperature, student_temperature: as in :class:`CandidateListwiseKL`.
+    """
+
+    needs_teacher = True
+
+    def __init__(self, top: int = 16, teacher_temperature: float = 1.0, student_temperature: float = 0.05):
+        super().__init__()
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        if top < 2:
+            raise ValueError("top must be >= 2")
+        self.top = int(top)
+        self.teacher_temperature = float(teacher_temperature)
+        self.student_temperature = float(student_temperature)
+
+    def forward(self, b: QueryBatch) -> Tensor:
+        k = min(self.top, b.cand_t.shape[1])
+        order = b.cand_t.masked_fill(~b.cand_mask, float("-inf")).topk(k, dim=-1).indices
+        t = b.cand_t.gather(1, order)
+        s = b.cand_s.gather(1, order)
+        m = b.cand_mask.gather(1, order)
+        i, j = torch.triu_indices(k, k, offset=1, device=t.device)
+        valid = m[:, i] & m[:, j]
+        pt = torch.sigmoid((t[:, i] - t[:, j]) / self.teacher_temperature)
+        logit = (s[:, i] - s[:, j]) / self.student_temperature
+        bce = F.binary_cross_entropy_with_logits(logit, pt, reduction="none")
+        ent = -(torch.xlogy(pt, pt) + torch.xlogy(1 - pt, 1 - pt))
+        n = valid.sum()
+        if n == 0:
+            return b.q.sum() * 0.0
+        return ((bce - ent) * valid).sum() / n
+
+    citation = "Huang et al. 2024 (PairDistill), arXiv:2410.01383"
+
+
+#: ``train.losses`` names of query-side training
+QUERY_SIDE_LOSSES: dict[str, type[nn.Module]] = {
+    "corpus_infonce": CorpusInfoNCE,
+    "listwise_kl": CandidateListwiseKL,
+    "margin_mse": CandidateMarginMSE,
+    "pairwise": CandidatePairwise,
+}
+
+
+@dataclass
+class QueryTables:
+    """Per-training-query lookups, row ``r`` = example ``r``'s label.
+
+    Attributes:
+        pos: int64 ``(R, P)`` document rows of the positives, ``-1`` padded.
+        cand: int64 ``(R, C)`` document rows of the teacher's candidates, ``-1`` padded
+            (``(R, 0)`` without a teacher).
+        cand_t: float32 ``(R, C)`` teacher scores (0 where padded).
+    """
+
+    pos: Tensor
+    cand: Tensor
+    cand_t: Tensor
+
+
+class QuerySideLoss(nn.Module):
+    """The sentence-transformers loss of query-side training: encodes the batch's queries
+    with the student, scores them against the frozen documents and sums the weighted terms.
+
+    Args:
+        model: the student ``SentenceTransformer`` (query tower, with the projection if any).
+        documents: float32 ``(n_docs, dim)`` frozen document vectors.
+        tables: :class:`QueryTables`.
+        terms: ``(name, weight, module)`` per loss term.
+        corpus_sample: see :class:`QuerySideSpec`.
+        seed: seed of the corpus sample.
+
+    ``forward(sentence_features, labels)``: ``labels`` int64 ``(B,)`` rows into ``tables``.
+    """
+
+    def __init__(self, model, documents: np.ndarray, tables: QueryTables, terms: Sequence[tuple[str, float, nn.Module]],
+                 corpus_sample: int | None = None, seed: int = 13):
+        super().__init__()
+        self.model = model
+        self.register_buffer("docs", torch.from_numpy(np.ascontiguousarray(documents, dtype=np.float32)), persistent=False)
+        self.register_buffer("pos", tables.pos, persistent=False)
+        self.register_buffer("cand", tables.cand, persistent=False)
+        self.register_buffer("cand_t", tables.cand_t, persistent=False)
+        self.names = [n for n, _, _ in terms]
+        self.weights = [float(w) for _, w, _ in terms]
+        self.modules_ = nn.ModuleList([m for _, _, m in terms])
+        self.corpus_sample = corpus_sample
+        self.gen = torch.Generator().manual_seed(seed)
+        self.learning_rate_mapping: dict[str, float] = {}
+        self.last_parts: dict[str, float] = {}
+
+    @property
+    def terms(self) -> list[tuple[nn.Module, float]]:
+        return list(zip(self.modules_, self.weights))
+
+    def batch(self, q: Tensor, rows: Tensor) -> QueryBatch:
+        """Student scores for ``rows`` (see :class:`QueryBatch`)."""
+        pos = self.pos[rows]
+        need_docs = any(isinstance(m, CorpusInfoNCE) for m in self.modules_)
+        logits = pos_cols = None
+        if need_docs:
+            n = self.docs.shape[0]
+            if self.corpus_sample is None or self.corpus_sample >= n:
+                cols = None
+                logits = q @ self.docs.T
+                pos_cols = torch.zeros_like(logits, dtype=torch.bool)
+                r, c = (pos >= 0).nonzero(as_tuple=True)
+                pos_cols[r, pos[r, c]] = True
+            else:
+                sample = torch.randint(0, n, (self.corpus_sample,), generator=self.gen)
+                cols = torch.unique(torch.cat([pos[pos >= 0], sample]))
+                logits = q @ self.docs[cols].T
+                pos_cols = (pos[:, :, None] == cols[None, None, :]).any(1)
+        cand_s = cand_t = cand_mask = cand_pos = None
+        if self.cand.shape[1]:
+            cand = self.cand[rows]
+            cand_mask = cand >= 0
+            vec = self.docs[cand.clamp(min=0)]  # (B, C, dim)
+            cand_s = torch.einsum("bd,bcd->bc", q, vec) * cand_mask
+            cand_t = self.cand_t[rows]
+            cand_pos = (cand[:, :, None] == pos[:, None, :]).any(-1) & cand_mask
+        return QueryBatch(q, logits, pos_cols, cand_s, cand_t, cand_mask, cand_pos)
+
+    def forward(self, sentence_features, labels: Tensor) -> Tensor:
+        features = list(sentence_features)
+        q = self.model(features[0])["sentence_embedding"]
+        b = self.batch(q, labels.long().view(-1))
+        total = q.new_zeros(())
+        parts = {}
+        for name, w, m in zip(self.names, self.weights, self.modules_):
+            v = m(b)
+            parts[name] = float(v.detach())
+            total = total + w * v
+        self.last_parts = parts
+        return total
+
+    @property
+    def citation(self) -> str:
+        return "; ".join(f"{n}: {m.citation}" for n, m in zip(self.names, self.modules_))

@@ -1,0 +1,266 @@
+"""Query-side training against a frozen index (retrieval_distill.distill.query_side): each loss
+term against a hand-worked case, then `rd student train` with `mode: query_side` on ADI
+over a real Flat index of all-MiniLM-L6-v2 vectors (nothing re-encoded), served beside the
+unchanged index, and the refusals (another document encoder, another corpus, bad config)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import index_support as S
+from retrieval_distill.distill.query_losses import (
+    CandidateListwiseKL,
+    CandidateMarginMSE,
+    CandidatePairwise,
+    CorpusInfoNCE,
+    QueryBatch,
+    QuerySideLoss,
+    QueryTables,
+)
+
+
+def _batch(**kw):
+    base = dict(q=torch.zeros(1, 2), logits_docs=None, pos_cols=None, cand_s=None, cand_t=None, cand_mask=None, cand_pos=None)
+    base.update(kw)
+    return QueryBatch(**base)
+
+
+# ----------------------------------------------------------------------------- hand-worked terms
+def test_corpus_infonce_by_hand():
+    # one query, scores 0.5, 0.2, -0.1 against three documents, positives {0, 2}, tau 0.1
+    s = torch.tensor([[0.5, 0.2, -0.1]])
+    pos = torch.tensor([[True, False, True]])
+    lse = math.log(math.exp(5) + math.exp(2) + math.exp(-1))
+    want = ((lse - 5) + (lse + 1)) / 2
+    got = CorpusInfoNCE(temperature=0.1)(_batch(logits_docs=s, pos_cols=pos))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_listwise_kl_ignores_padding():
+    # candidates a, b and one padded slot; teacher 2.0, 0.0 (tau_t 1); student 0.3, 0.1 (tau_s 0.1)
+    cs, ct = torch.tensor([[0.3, 0.1, 0.0]]), torch.tensor([[2.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    pt = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
+    ps = [math.exp(3) / (math.exp(3) + math.exp(1)), math.exp(1) / (math.exp(3) + math.exp(1))]
+    want = sum(t * (math.log(t) - math.log(p)) for t, p in zip(pt, ps))
+    got = CandidateListwiseKL(teacher_temperature=1.0, student_temperature=0.1)(_batch(cand_s=cs, cand_t=ct, cand_mask=mask))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_margin_mse_over_positive_negative_pairs():
+    # positive p (s 0.6, t 5), negatives n1 (s 0.4, t 3), n2 (s 0.1, t 4), one padded slot; scale 0.1
+    cs, ct = torch.tensor([[0.6, 0.4, 0.1, 0.0]]), torch.tensor([[5.0, 3.0, 4.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    pos = torch.tensor([[True, False, False, False]])
+    want = (((0.6 - 0.4) - 0.1 * 2) ** 2 + ((0.6 - 0.1) - 0.1 * 1) ** 2) / 2
+    got = CandidateMarginMSE(teacher_scale=0.1)(_batch(cand_s=cs, cand_t=ct, cand_mask=mask, cand_pos=pos))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_pairwise_takes_the_teachers_top_pairs():
+    # top 2 by teacher: c (t 3, s 0.2) and a (t 1, s 0.4); b (t 0) is left out
+    cs, ct = torch.tensor([[0.4, 0.9, 0.2]]), torch.tensor([[1.0, 0.0, 3.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    pt = 1 / (1 + math.exp(-(3 - 1)))
+    ps = 1 / (1 + math.exp(-(0.2 - 0.4) / 0.1))
+    want = pt * math.log(pt / ps) + (1 - pt) * math.log((1 - pt) / (1 - ps))
+    got = CandidatePairwise(top=2, teacher_temperature=1.0, student_temperature=0.1)(_batch(cand_s=cs, cand_t=ct, cand_mask=mask))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_loss_scores_the_frozen_documents():
+    class Tower(torch.nn.Module):
+        def forward(self, features):
+            return {"sentence_embedding": features["x"]}
+
+    docs = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    tables = QueryTables(pos=torch.tensor([[2, -1], [0, 1]]), cand=torch.tensor([[1, 2], [0, -1]]),
+                         cand_t=torch.tensor([[0.5, 2.0], [1.0, 0.0]]))
+    loss = QuerySideLoss(Tower(), docs, tables, [("corpus_infonce", 1.0, CorpusInfoNCE(0.05))])
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = loss.batch(q, torch.tensor([1, 0]))
+    assert torch.allclose(b.logits_docs, q @ torch.from_numpy(docs).T)
+    assert b.pos_cols.tolist() == [[True, True, False], [False, False, True]]
+    assert b.cand_mask.tolist() == [[True, False], [True, True]]
+    assert b.cand_pos.tolist() == [[True, False], [False, True]]
+    assert torch.allclose(b.cand_s, torch.tensor([[1.0, 0.0], [1.0, 0.8]]))
+    sampled = QuerySideLoss(Tower(), docs, tables, [("corpus_infonce", 1.0, CorpusInfoNCE(0.05))], corpus_sample=1)
+    bs = sampled.batch(q, torch.tensor([0]))
+    assert bs.pos_cols.sum() == 1 and bs.logits_docs.shape[1] <= 2  # the positive is always among the columns
+
+
+# ----------------------------------------------------------------------------- ADI end to end
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory):
+    """A Flat ADI index of all-MiniLM-L6-v2 vectors (shared encoding cache), BM25 teacher scores
+    over each query's BM25 top 15, and a query-side student trained with dev selection."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.index.rebuild import rebuild
+    from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    root = tmp_path_factory.mktemp("qs")
+    S.adi_encoded()
+    res = rebuild(S.spec(root), force_full=True, log=lambda *a: None)
+    coll = load_collection(S.ADI, split="test")
+    bm25 = build_bm25_index(coll, root / "bm25")
+    hits = BM25Searcher(bm25).batch_search(coll.queries, k=15)
+    (root / "cands.txt").write_text("".join(f"{q} {h.docid}\n" for q, hs in hits.items() for h in hs))
+    teacher = {"kind": "bm25", "name": "bm25", "options": {"index": str(bm25)}}
+    score_candidates(teacher, root / "cands.txt", coll.queries, coll.doc_text, root / "scores", progress=False)
+    before = {str(p): p.stat().st_mtime_ns for p in S.encodings_root().rglob("emb-*.npy")}
+    cfg = _config(root, teacher)
+    (root / "qs.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(root / "qs.yaml")])
+    assert out.exit_code == 0, out.output
+    after = {str(p): p.stat().st_mtime_ns for p in S.encodings_root().rglob("emb-*.npy")}
+    return {"root": root, "store": root / "store", "version": res.version, "teacher": teacher, "cfg": cfg,
+            "student": root / "student", "shards_untouched": before == after}
+
+
+def _app():
+    from retrieval_distill.cli import app
+
+    return app
+
+
+def _config(root, teacher, **over):
+    cfg = {
+        "mode": "query_side",
+        "collection": str(S.ADI),
+        "split": "test",
+        "scores": str(root / "scores"),
+        "teacher": teacher,
+        "output": str(root / "student"),
+        "query_side": {"documents": str(root / "store")},
+        "train": {
+            "losses": [{"name": "corpus_infonce", "options": {"temperature": 0.05}},
+                       {"name": "listwise_kl", "weight": 0.5, "options": {"teacher_temperature": 2.0}}],
+            "epochs": 2, "batch_size": 8, "lr": 5e-5, "max_seq_length": 64, "save_steps": 1000,
+        },
+        "dev": {"collection": str(S.ADI), "split": "test", "each_epoch": True, "keep": "best"},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def test_query_side_student_trains_against_the_frozen_index(frozen):
+    card = json.loads((frozen["student"] / "training_card.json").read_text())
+    m = frozen["version"].manifest
+    assert card["mode"] == "query_side" and card["documents_encoded"] == 0 and frozen["shards_untouched"]
+    assert card["document_encoder"]["fingerprint"] == m.encoder.fingerprint
+    assert card["document_encoder"]["corpus_fingerprint"] == m.corpus_fingerprint and card["document_encoder"]["n_docs"] == 82
+    assert card["data"]["queries"] == 35 and card["data"]["candidates_per_query"] == pytest.approx(15.0)
+    assert [e["epoch"] for e in card["dev_per_epoch"]] == [0.0, 1.0, 2.0]
+    init, best = card["dev_per_epoch"][0]["dev_ndcg@10"], card["dev_selected"]["dev_ndcg@10"]
+    assert best > init  # trained on these very queries: it must fit them better than the init
+    assert card["dev_metrics"]["overall"]["ndcg@10"] == pytest.approx(best, abs=1e-6)
+    assert set(card["loss_citations"]) == {"corpus_infonce", "listwise_kl"} and "2012.12624" in card["loss_citations"]["corpus_infonce"]
+
+
+def test_eval_run_and_service_use_it_beside_the_unchanged_index(frozen, tmp_path):
+    from retrieval_distill.evaluation.metrics import evaluate
+    from retrieval_distill.evaluation.runs import read_run
+    from retrieval_distill.data.collections import load_collection
+    from services.search_api.runtime import EncoderCache, load_runtime
+    from services.search_api.settings import ServiceSettings
+
+    run = tmp_path / "qs.trec"
+    out = CliRunner().invoke(_app(), ["eval", "run", str(S.ADI), str(run), "--split", "test", "--searcher", "dense",
+                                      "--index", str(frozen["store"]), "--query-encoder", str(frozen["student"]), "--k", "100"])
+    assert out.exit_code == 0, out.output
+    coll = load_collection(S.ADI, split="test")
+    got = evaluate(coll.qrels, read_run(run), ["ndcg@10"]).to_dict(per_query=False)["overall"]["ndcg@10"]
+    card = json.loads((frozen["student"] / "training_card.json").read_text())
+    assert got == pytest.approx(card["dev_metrics"]["overall"]["ndcg@10"], abs=1e-4)
+    rt = load_runtime("symmetric", ServiceSettings(index_root=str(frozen["store"]), model=str(frozen["student"])), EncoderCache())
+    assert rt.encoder_key[:2] == (frozen["version"].manifest.encoder.name, str(frozen["student"]))
+    q = next(iter(coll.queries))
+    hits = rt.search_texts([coll.queries[q]], 5)[0]
+    assert [h.docid for h in hits] == list(read_run(run)[q])[:5]
+
+
+def test_another_document_encoder_is_refused(frozen, tmp_path):
+    """An index whose documents the student itself encoded (other weights than all-MiniLM-L6-v2)."""
+    from retrieval_distill.index.rebuild import rebuild
+    from retrieval_distill.serve_cli import app as serve_app
+
+    rebuild(S.spec(tmp_path, model=str(frozen["student"]), encodings=str(tmp_path / "enc")), force_full=True, log=lambda *a: None)
+    other = tmp_path / "store"
+    out = CliRunner().invoke(_app(), ["eval", "run", str(S.ADI), str(tmp_path / "x.trec"), "--split", "test", "--searcher",
+                                      "dense", "--index", str(other), "--query-encoder", str(frozen["student"])])
+    assert out.exit_code != 0 and "was trained against documents encoded by 'all-MiniLM-L6-v2'" in out.output
+    assert not (tmp_path / "x.trec").exists()
+    out = CliRunner().invoke(serve_app, ["--index-root", str(other), "--model", str(frozen["student"]), "--port", "0"])
+    assert out.exit_code == 2 and "was trained against documents encoded by" in out.output
+    # as a document encoder over the right index it is also refused, with a hint
+    out = CliRunner().invoke(_app(), ["eval", "run", str(S.ADI), str(tmp_path / "y.trec"), "--split", "test", "--searcher",
+                                      "dense", "--index", str(frozen["store"]), "--encoder", str(frozen["student"])])
+    assert out.exit_code != 0 and "is a query-side student" in out.output
+
+
+def test_projection_is_saved_in_the_model_folder(frozen, tmp_path):
+    from retrieval_distill.models import load_sentence_transformer
+
+    cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "proj"), dev=None)
+    cfg["query_side"]["projection"] = "always"
+    cfg["train"].update({"epochs": 1, "losses": [{"name": "corpus_infonce"}]})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "c.yaml")])
+    assert out.exit_code == 0, out.output
+    card = json.loads((tmp_path / "proj" / "training_card.json").read_text())
+    assert card["projection"]["in"] == 384 and card["projection"]["out"] == 384 and card["projection"]["init"] == "ridge"
+    assert "teacher" not in card  # no teacher term: the score folder is not read
+    modules = [m["type"] for m in json.loads((tmp_path / "proj" / "modules.json").read_text())]
+    assert modules[-2:] == ["sentence_transformers.base.modules.dense.Dense", "sentence_transformers.base.modules.normalize.Normalize"] \
+        or (modules[-2].endswith("Dense") and modules[-1].endswith("Normalize"))
+    v = load_sentence_transformer(tmp_path / "proj").encode(["information retrieval"], normalize_embeddings=False)
+    assert v.shape == (1, 384) and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c, r: c.pop("query_side"), "mode query_side needs a `query_side:` section"),
+        (lambda c, r: c["train"]["losses"].append({"name": "margin_mse_typo"}), "unknown query-side loss 'margin_mse_typo'"),
+        (lambda c, r: c["query_side"].update(documents=str(r / "nowhere")), "no such index or encoding folder"),
+        (lambda c, r: c.pop("scores"), "need `scores:` and `teacher:`"),
+        (lambda c, r: c["query_side"].update(projection="never", documents=str(r / "store")) or c["train"].update(init="all-mpnet-base-v2"),
+         "dim 768 != document dim 384"),
+    ],
+)
+def test_bad_configs_fail_before_training(frozen, tmp_path, edit, message):
+    cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "s"))
+    edit(cfg, frozen["root"])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "c.yaml")])
+    assert out.exit_code == 2 and message in out.output, out.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_index_of_another_corpus_is_refused(frozen, tmp_path):
+    from retrieval_distill.index.rebuild import rebuild
+
+    smaller = S.copy_beir(tmp_path / "adi-minus", drop=["1"])
+    rebuild(S.spec(tmp_path, dataset=smaller), force_full=True, log=lambda *a: None)
+    cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "s"), dev=None)
+    cfg["query_side"]["documents"] = str(tmp_path / "store")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "c.yaml")])
+    assert out.exit_code == 2 and "is not among the 81 frozen documents" in out.output, out.output
+
+
+def test_check_counts_the_tables_and_trains_nothing(frozen, tmp_path):
+    cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "s"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "c.yaml"), "--check"])
+    assert out.exit_code == 0, out.output
+    facts = json.loads(out.output)
+    assert facts["mode"] == "query_side" and facts["documents_encoded"] == 0 and facts["teacher"]["name"] == "bm25"
+    assert facts["data"]["queries"] == 35 and facts["data"]["candidates_per_query"] == pytest.approx(15.0)
+    assert facts["dev_judged_queries"] == 35 and not (tmp_path / "s").exists()
