@@ -66,4 +66,28 @@ def serve(
         root = settings.index_root_for(m)
         if not Path(root).exists():
             typer.echo(f"warning: {m} index root {root} does not exist yet; /readyz answers 503 until it is built", err=True)
+            continue
+        _refuse_foreign_query_encoder(m, root, settings.model if m == "symmetric" else settings.asym_query_model)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+def _refuse_foreign_query_encoder(mode: str, root, query_model: str | None) -> None:
+    """Before uvicorn starts: a query-side student (its card names the document encoder it was
+    trained against) given for an index whose documents another encoder made is refused with
+    exit code 2, rather than answering 503 from /readyz later."""
+    if not query_model:
+        return
+    from retrieval_distill.distill.query_side import check_query_encoder
+    from retrieval_distill.index.manifest import EncoderMismatchError, IndexFormatError
+    from retrieval_distill.index.store import open_version
+
+    try:
+        manifest = open_version(root).manifest
+    except (IndexFormatError, FileNotFoundError, ValueError):
+        return  # no version yet, or a broken one: the service reports it on /readyz
+    try:
+        check_query_encoder(query_model, manifest.encoder.fingerprint, where=f"the {mode} index {root}")
+    except EncoderMismatchError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+

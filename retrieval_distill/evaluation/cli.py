@@ -247,6 +247,10 @@ def dense_run(index: Path | None, queries: dict[str, str], k: int, encoder: str 
 
     version = open_version(Path(index))
     enc = None
+    if query_encoder:  # refuse a query-side student of other documents before any model loads
+        from retrieval_distill.distill.query_side import check_query_encoder
+
+        check_query_encoder(query_encoder, version.manifest.encoder.fingerprint, where=f"index {version.path}")
     if encoder or query_encoder:
         from retrieval_distill.models.encoder import Encoder
 

@@ -144,7 +144,9 @@ def current_version_id(root: str | Path) -> str | None:
 def load_runtime(mode: str, settings: Any, encoders: EncoderCache) -> Runtime:
     """Load the store's current version for ``mode`` with its query encoder (blocking).
 
-    ``symmetric``: the query encoder is ``settings.model`` or the manifest's encoder.
+    ``symmetric``: the query encoder is ``settings.model`` or the manifest's encoder; a
+    query-side student as ``settings.model`` encodes queries beside the index's document
+    encoder (refused if its card names another document encoder).
     ``asymmetric``: documents by the manifest's encoder (the teacher), queries by
     ``settings.asym_query_model`` or the manifest's query encoder (the aligned student).
 
@@ -154,6 +156,7 @@ def load_runtime(mode: str, settings: Any, encoders: EncoderCache) -> Runtime:
         EncoderMismatchError: the query encoder does not fit the index (fingerprint or dim).
         ValueError: asymmetric mode without a distinct student query model.
     """
+    from retrieval_distill.distill.query_side import document_encoder_of
     from retrieval_distill.index.manifest import EncoderMismatchError
     from retrieval_distill.index.store import IndexStore
     from retrieval_distill.search.dense import AsymmetricSearcher, DenseSearcher
@@ -171,6 +174,10 @@ def load_runtime(mode: str, settings: Any, encoders: EncoderCache) -> Runtime:
                 f"encoder {m.encoder.name!r}; set RD_ASYM_QUERY_MODEL (or build the index with query_encoder)"
             )
         key = (m.encoder.name, student)
+    elif settings.model and document_encoder_of(settings.model) is not None:
+        # a query-side student (rd student train, mode: query_side) beside the unchanged index;
+        # the searcher refuses it if it was trained against another document encoder
+        key = (m.encoder.name, settings.model)
     else:
         doc_model = settings.model or m.encoder.name
         q = m.query_encoder.name if m.query_encoder and m.query_encoder.name != m.encoder.name else None
