@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retrieval_distill.distill.train import TrainConfig
 from retrieval_distill.teachers.base import TeacherSpec
@@ -59,6 +59,38 @@ class IndexConfig(_Strict):
     encode_batch_size: int = 16
 
 
+class StudentConfig(_Strict):
+    """How the ``train`` stage trains the student (``student:`` in a pipeline config).
+
+    Attributes:
+        mode: ``two_tower`` (default): query and document towers train together, then the
+            ``index`` stage re-encodes the corpus with the student. ``query_side``: only the
+            query tower trains, against the FROZEN corpus embeddings of ``student_init`` that
+            the ``init`` stage already computed (:mod:`retrieval_distill.distill.query_side`);
+            the ``index`` stage indexes those same vectors, so no document is encoded twice.
+            Dev (the split carved from train) is evaluated after every epoch and the best
+            epoch is kept (cheap here: only the dev queries are encoded).
+        query_side: options of :class:`~retrieval_distill.distill.query_side.QuerySideSpec`
+            other than ``documents`` (``projection``, ``projection_lr``, ``corpus_sample``,
+            ``max_candidates``...).
+    """
+
+    mode: Literal["two_tower", "query_side"] = "two_tower"
+    query_side: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.query_side:
+            if self.mode != "query_side":
+                raise ValueError("`student.query_side` options are set but student.mode is two_tower")
+            if "documents" in self.query_side:
+                raise ValueError("`student.query_side.documents` is not an option here: the pipeline uses the init's corpus embeddings")
+            from retrieval_distill.distill.query_side import QuerySideSpec
+
+            QuerySideSpec(documents="-", **self.query_side)
+        return self
+
+
 class EvalConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"])
     report: str = "eval/reports/scifact.md"
@@ -76,6 +108,7 @@ class PipelineConfig(_Strict):
     candidates: CandidateConfig = Field(default_factory=CandidateConfig)
     teacher: TeacherConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

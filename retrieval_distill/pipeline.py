@@ -237,10 +237,44 @@ class Pipeline:
             docids, emb = self._embeddings(spec.model, name)
             teacher.set_document_embeddings(docids, emb)
 
+    def _query_side_job(self, out: Path):
+        """The :class:`~retrieval_distill.distill.cli.StudentJob` of ``student.mode: query_side``:
+        train minus dev, the init's corpus embeddings as the frozen documents, the teacher's
+        train scores when a loss needs them, dev = the carved split, best epoch kept."""
+        from retrieval_distill.distill.cli import DevSpec, StudentJob
+        from retrieval_distill.distill.query_side import TEACHER_TERMS, QuerySideSpec
+
+        sp = json.loads(self.path("splits.json").read_text())
+        dev_qids = self.path("splits", "dev.qids")
+        dev_qids.parent.mkdir(parents=True, exist_ok=True)
+        dev_qids.write_text("".join(q + "\n" for q in sp["dev"]))
+        job = {
+            "mode": "query_side", "collection": self.cfg.dataset, "split": self.cfg.splits.train,
+            "exclude_qids_file": str(dev_qids), "output": str(out), "train": self.cfg.train,
+            "query_side": QuerySideSpec(documents=str(self.path("embeddings", "init")), **self.cfg.student.query_side),
+            "dev": DevSpec(collection=self.cfg.dataset, split=self.cfg.splits.train, qids_file=str(dev_qids),
+                           metrics=list(self.cfg.eval.metrics), each_epoch=True, keep="best"),
+        }
+        if any(l.name in TEACHER_TERMS for l in self.cfg.train.losses):
+            manifest = json.loads(self.path("teacher", "scores", "train", "manifest.json").read_text())
+            job.update(scores=str(self.path("teacher", "scores", "train")), teacher=manifest.get("teacher_name"),
+                       teacher_fingerprint=manifest.get("teacher_fingerprint"))
+        return StudentJob(**job)
+
     def train(self) -> None:
         out = self.path("models", "student")
 
         def go():
+            if self.cfg.student.mode == "query_side":
+                from retrieval_distill.distill.query_side import train_query_side
+
+                train_query_side(self._query_side_job(out))
+                card = json.loads((out / "training_card.json").read_text())
+                sel = card.get("dev_selected") or {}
+                self.echo(f"  query-side student: {card.get('examples')} training queries, documents encoded "
+                          f"{card.get('documents_encoded')}, dev-selected epoch {sel.get('epoch')} "
+                          f"(dev nDCG@10 {sel.get('dev_ndcg@10', float('nan')):.4f}), {card.get('train_seconds')} s")
+                return
             from retrieval_distill.distill.data import build_examples
             from retrieval_distill.distill.train import train_student
             from retrieval_distill.evaluation.runs import read_run
@@ -262,6 +296,8 @@ class Pipeline:
             })
 
         inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
+        if self.cfg.student.mode != "two_tower":  # older stamps (two_tower) stay valid
+            inputs["student"] = self.cfg.student.model_dump()
         self.run_stage("train", inputs, [out / "training_card.json"], go)
 
     def index(self) -> None:
@@ -274,18 +310,28 @@ class Pipeline:
             from retrieval_distill.models.encoder import Encoder
 
             model = str(self.path("models", "student"))
-            docids, emb = self._embeddings(model, "student")
+            if self.cfg.student.mode == "query_side":
+                # the student encodes queries only: index the init's vectors it was trained
+                # against; the manifest names the student as the query encoder (rd serve uses it)
+                docids, emb = self._embeddings(self.cfg.student_init, "init")
+                enc = Encoder(self.cfg.student_init, query_model=model)
+                extra = {"student_mode": "query_side"}
+            else:
+                docids, emb = self._embeddings(model, "student")
+                enc = Encoder(model)
+                extra = {}
             corpus = self.collection("test")
-            enc = Encoder(model)
             for f in ic.factories:
                 store = IndexStore(self.path("index", f.lower()))
                 v = build_index(emb, docids, store.new_version_dir(f), factory=f, params=ic.params.get(f, {}), encoder=enc,
                                 texts=corpus.doc_texts(docids),
-                                manifest_extra={"documents_side": "student", "corpus": self.cfg.dataset})
+                                manifest_extra={"documents_side": "student", "corpus": self.cfg.dataset, **extra})
                 store.publish(v)
                 self.echo(f"  index {f}: {v.path}")
 
         inputs = {"index": ic.model_dump(), "train": self._stamp_fp("train")}
+        if self.cfg.student.mode != "two_tower":
+            inputs["student_mode"] = self.cfg.student.mode
         self.run_stage("index", inputs, outs, go)
 
     def evaluate(self) -> dict:
@@ -304,7 +350,12 @@ class Pipeline:
             from retrieval_distill.search.dense import DenseSearcher
 
             store = IndexStore(self.path("index", self.cfg.index.factories[0].lower()))
-            searcher = DenseSearcher(store.current(), Encoder(str(self.path("models", "student"))))
+            student = str(self.path("models", "student"))
+            if self.cfg.student.mode == "query_side":  # documents: the init's vectors; queries: the student
+                encoder = Encoder(self.cfg.student_init, query_model=student)
+            else:
+                encoder = Encoder(student)
+            searcher = DenseSearcher(store.current(), encoder)
             tables = {}
             for split in ("dev", "test"):
                 coll = self.collection(split)

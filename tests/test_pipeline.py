@@ -81,3 +81,41 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     third = Pipeline(cfg2, echo=lines.append)
     third.run()
     assert third.skipped == {"splits", "bm25", "init", "candidates", "teacher"}
+
+    # student.mode query_side: only the query tower trains, against the init's corpus vectors
+    # the `init` stage computed; the index holds those same vectors (nothing re-encoded)
+    from retrieval_distill.config import StudentConfig
+    from retrieval_distill.distill.train import LossSpec
+    from retrieval_distill.index.store import IndexStore
+
+    cfg4 = load_config(cfg_path)
+    cfg4.student = StudentConfig(mode="query_side")
+    cfg4.train.losses = [LossSpec(name="corpus_infonce", options={"temperature": 0.05}),
+                         LossSpec(name="listwise_kl", options={"teacher_temperature": 1.0, "student_temperature": 0.05})]
+    cfg4.train.epochs = 2
+    fourth = Pipeline(cfg4, echo=lines.append)
+    res4 = fourth.run()
+    assert fourth.skipped == {"splits", "bm25", "init", "candidates", "teacher"}
+    card = json.loads((work / "models" / "student" / "training_card.json").read_text())
+    init_key = json.loads((work / "embeddings" / "init" / "encoding.json").read_text())["key"]
+    assert card["mode"] == "query_side" and card["documents_encoded"] == 0
+    assert card["document_encoder"]["fingerprint"] == init_key["encoder_fingerprint"]
+    assert card["teacher"]["name"] == "ensemble" and len(card["dev_per_epoch"]) == 3  # init + 2 epochs
+    assert card["dev_selected"]["epoch"] in (1.0, 2.0)
+    manifest = IndexStore(work / "index" / "flat").current().manifest
+    assert manifest.encoder.fingerprint == init_key["encoder_fingerprint"]
+    assert manifest.extra["student_mode"] == "query_side" and manifest.query_encoder.name == str(work / "models" / "student")
+    assert 0.0 <= res4["test"]["student"]["ndcg@10"] <= 1.0 and res4["test"]["student"]["n_judged"] == 15
+
+
+def test_pipeline_config_refuses_bad_student_section(tmp_path):
+    from retrieval_distill.config import StudentConfig
+
+    with pytest.raises(ValueError, match="two_tower"):
+        StudentConfig(query_side={"projection_lr": 1e-3})
+    with pytest.raises(ValueError, match="init's corpus embeddings"):
+        StudentConfig(mode="query_side", query_side={"documents": "x"})
+    with pytest.raises(ValueError, match="projection_lr"):
+        StudentConfig(mode="query_side", query_side={"projection_lr": -1})
+    with pytest.raises(ValueError, match="literal_error|two_tower"):
+        StudentConfig(mode="towers")

@@ -223,6 +223,27 @@ def test_projection_is_saved_in_the_model_folder(frozen, tmp_path):
     assert v.shape == (1, 384) and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_projection_fit_on_the_corpus(frozen):
+    """``projection_init: ridge_documents`` fits the map on the init's document vectors onto the
+    frozen ones; with the same vectors on both sides the fit reproduces them."""
+    from pydantic import ValidationError
+
+    from retrieval_distill.distill.query_side import QuerySideSpec, _fit_on_documents, load_documents
+
+    docs = load_documents(frozen["store"])
+    spec = QuerySideSpec(documents=str(frozen["store"]), projection="always", projection_init="ridge_documents",
+                         init_documents=str(frozen["store"]), ridge=1e-4)
+    w, b = _fit_on_documents(spec, "all-MiniLM-L6-v2", docs)
+    assert w.shape == (384, 384) and b.shape == (384,)
+    assert np.abs(docs.emb @ w.T + b - docs.emb).max() < 0.05
+    with pytest.raises(ValueError, match="not by the query tower's init 'all-mpnet-base-v2'"):
+        _fit_on_documents(spec, "all-mpnet-base-v2", docs)
+    with pytest.raises(ValidationError, match="needs `init_documents:`"):
+        QuerySideSpec(documents="x", projection_init="ridge_documents")
+    with pytest.raises(ValidationError, match="only read by projection_init: ridge_documents"):
+        QuerySideSpec(documents="x", init_documents="y")
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

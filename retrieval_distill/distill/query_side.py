@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retrieval_distill.distill.data import TrainingDataError
 
@@ -69,7 +69,13 @@ class QuerySideSpec(BaseModel):
             dimension mismatch.
         projection_init: ``ridge``: start the map from a ridge least-squares fit of the
             student's query vectors onto the document encoder's query vectors of the training
-            queries (the document encoder is loaded only for that); ``random`` does not.
+            queries (the document encoder is loaded only for that); ``ridge_documents``: fit it
+            on the corpus instead, the init's vectors of every document (``init_documents``)
+            onto the frozen documents' vectors: thousands of pairs already encoded, nothing
+            loaded, where a few hundred training queries under-determine a 384 x 768 map;
+            ``random`` does not fit.
+        init_documents: for ``ridge_documents``: an index or encoding folder of the same corpus
+            encoded by ``train.init`` (its encoder fingerprint is checked).
         projection_lr: learning rate of the map (the tower keeps ``train.lr``).
         ridge: L2 penalty of the ridge fit.
         corpus_sample: ``None`` (default): InfoNCE over every document; an integer: over the
@@ -82,11 +88,20 @@ class QuerySideSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     documents: str
     projection: str = Field("auto", pattern="^(auto|always|never)$")
-    projection_init: str = Field("ridge", pattern="^(ridge|random)$")
+    projection_init: str = Field("ridge", pattern="^(ridge|ridge_documents|random)$")
+    init_documents: str | None = None
     projection_lr: float = Field(1e-3, gt=0)
     ridge: float = Field(1.0, ge=0)
     corpus_sample: int | None = Field(None, gt=0)
     max_candidates: int | None = Field(None, gt=1)
+
+    @model_validator(mode="after")
+    def _init_documents(self):
+        if self.projection_init == "ridge_documents" and not self.init_documents:
+            raise ValueError("projection_init: ridge_documents needs `init_documents:` (the init's index or encoding of the corpus)")
+        if self.init_documents and self.projection_init != "ridge_documents":
+            raise ValueError("`init_documents:` is only read by projection_init: ridge_documents")
+        return self
 
 
 # --------------------------------------------------------------------------- frozen documents
@@ -448,7 +463,9 @@ def train_query_side(job, show_progress: bool = True) -> Path:
         raise ValueError(f"query tower dim {in_dim} != document dim {out_dim} and projection: never")
     if spec.projection == "always" or in_dim != out_dim:
         w = b = None
-        if spec.projection_init == "ridge":
+        if spec.projection_init == "ridge_documents":
+            w, b = _fit_on_documents(spec, cfg.init, docs)
+        elif spec.projection_init == "ridge":
             from retrieval_distill.distill.losses import fit_projection
             from retrieval_distill.models.encoder import Encoder
 
@@ -475,3 +492,32 @@ def train_query_side(job, show_progress: bool = True) -> Path:
         res.update({"collection": job.dev.collection, "split": job.dev.split, "doc_model": docs.key.get("encoder")})
         update_card(out, dev_metrics=res)
     return out
+
+
+def _fit_on_documents(spec: QuerySideSpec, init: str, docs: FrozenDocuments) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge map from the init's document vectors (``spec.init_documents``) onto the frozen
+    documents' vectors, over the documents both hold (the LEAF-style start, fit on the corpus).
+
+    Raises:
+        ValueError: ``init_documents`` was encoded by another model than ``init``, or the two
+            share fewer than 2 documents.
+    """
+    from retrieval_distill.distill.losses import fit_projection
+    from retrieval_distill.models.resolve import model_fingerprint
+
+    src = load_documents(spec.init_documents)
+    want = model_fingerprint(init)
+    if src.key.get("encoder_fingerprint") != want:
+        raise ValueError(
+            f"init_documents {spec.init_documents}: encoded by {src.key.get('encoder')!r} (fingerprint "
+            f"{src.key.get('encoder_fingerprint')}), not by the query tower's init {init!r} (fingerprint {want})"
+        )
+    common = [d for d in docs.docids if d in src.row]
+    if len(common) < 2:  # fewer pairs than dimensions is fine: the ridge term makes the fit unique
+        raise ValueError(
+            f"init_documents {spec.init_documents} and the frozen documents share {len(common)} documents "
+            "(are they the same corpus?)"
+        )
+    x = src.emb[[src.row[d] for d in common]]
+    y = docs.emb[[docs.row[d] for d in common]]
+    return fit_projection(x, y, ridge=spec.ridge)
