@@ -48,11 +48,21 @@ def pipeline_cmd(
     from retrieval_distill.pipeline import Pipeline
     from retrieval_distill.config import load_config
 
-    cfg = load_config(config, profile)
+    try:
+        cfg = load_config(config, profile)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     unknown = set(force) - set(Pipeline.STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(Pipeline.STAGES)}")
-    Pipeline(cfg, force=set(force), echo=typer.echo).run(until=until)
+    pipe = Pipeline(cfg, force=set(force), echo=typer.echo)
+    try:
+        pipe.preflight()
+    except (FileNotFoundError, ValueError) as e:  # before any stage: one clear line, exit 2
+        typer.echo(f"error: {config}: {e}", err=True)
+        raise typer.Exit(2) from None
+    pipe.run(until=until, preflight=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -395,8 +395,48 @@ class Pipeline:
         return data
 
     # ------------------------------------------------------------------ driver
-    def run(self, until: str | None = None) -> dict:
+    def preflight(self) -> None:
+        """Fail before any stage runs on what a later stage would otherwise fail on, minutes
+        or hours in: every model the config names must resolve (``student_init``,
+        ``train.init``, each teacher member's model), and the dataset must load with at least
+        one document and judged queries in its train and test splits.
+
+        Raises:
+            ModelNotFoundError: a model that does not exist (the message lists what was tried).
+            FileNotFoundError, DataFormatError: the dataset does not load.
+            ValueError: an empty corpus, or a split without judged queries.
+        """
+        from retrieval_distill.models.resolve import ModelNotFoundError, resolve_model
+
+        models: dict[str, str] = {self.cfg.student_init: "student_init", self.cfg.train.init: "train.init"}
+
+        def walk(spec, where):
+            if spec.model and spec.kind != "bm25":
+                models.setdefault(spec.model, where)
+            for i, m in enumerate(spec.members):
+                walk(m, f"{where}.members[{i}]")
+
+        for i, m in enumerate(self.cfg.teacher.members):
+            walk(m, f"teacher.members[{i}] ({m.display_name()})")
+        for model, where in models.items():
+            try:
+                resolve_model(model)
+            except ModelNotFoundError as e:
+                raise ModelNotFoundError(f"{where}: {e}") from None
+        test = self.collection("test")
+        if not test.corpus:
+            raise ValueError(f"{self.cfg.dataset}: the corpus has no documents")
+        for split, coll in ((self.cfg.splits.train, load_collection(self.cfg.dataset, split=self.cfg.splits.train)),
+                            (self.cfg.splits.test, test)):
+            if not coll.judged_qids():
+                raise ValueError(f"{self.cfg.dataset}: split {split!r} has no judged queries (qrels with grade >= 1)")
+
+    def run(self, until: str | None = None, preflight: bool = True) -> dict:
+        """Run the stages in order (see the module docstring), after :meth:`preflight`
+        (``preflight=False`` when the caller already ran it), up to ``until`` if given."""
         t0 = time.time()
+        if preflight:
+            self.preflight()
         steps = [self.splits, self.bm25, self.init, self.candidates, self.teacher, self.train, self.index, self.evaluate]
         result = {}
         for name, step in zip(self.STAGES, steps):

@@ -1,6 +1,7 @@
 """The whole pipeline on ADI (82 docs): every stage runs, writes its files, and a rerun skips."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,48 @@ def test_pipeline_config_refuses_bad_student_section(tmp_path):
         StudentConfig(mode="query_side", query_side={"projection_lr": -1})
     with pytest.raises(ValueError, match="literal_error|two_tower"):
         StudentConfig(mode="towers")
+
+
+def _adi_cfg(dataset, tmp_path, **over):
+    cfg = {
+        "name": "adi", "dataset": str(dataset), "work_dir": str(tmp_path / "work"),
+        "splits": {"dev_size": 5, "seed": 1},
+        "teacher": {"members": [{"kind": "bm25", "name": "bm25"},
+                                {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "name": "minilm"}]},
+        "eval": {"report": str(tmp_path / "report.md")},
+    }
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "edit, error, message",
+    [
+        (lambda c, t: c["teacher"]["members"].append({"kind": "bi_encoder", "model": str(t / "no-such-model"), "name": "x"}),
+         FileNotFoundError, "teacher.members[2] (x): model"),
+        (lambda c, t: c.update(student_init=str(t / "missing-init")), FileNotFoundError, "student_init: model"),
+        (lambda c, t: (t / "empty").mkdir() or (t / "empty" / "corpus.jsonl").write_text("") or c.update(dataset=str(t / "empty")),
+         Exception, "empty corpus"),
+    ],
+)
+def test_bad_pipeline_inputs_fail_before_any_stage(adi_split, tmp_path, edit, error, message):
+    """A model that does not exist or a corpus with no documents: one clear error, and no
+    stage has run (no stamp, no file under work_dir)."""
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.pipeline import Pipeline
+
+    cfg = _adi_cfg(adi_split, tmp_path)
+    edit(cfg, tmp_path)
+    with pytest.raises(error, match=re.escape(message)):
+        Pipeline(PipelineConfig(**cfg), echo=lambda *_: None).run()
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*"))
+
+
+def test_unknown_config_option_is_refused(tmp_path):
+    from retrieval_distill.config import load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": []},
+                                 "student": {"mode": "query_side", "query_side": {"projection_lrr": 1}}}))
+    with pytest.raises(ValueError, match="projection_lrr"):
+        load_config(p)
