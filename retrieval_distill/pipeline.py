@@ -386,9 +386,22 @@ class Pipeline:
         data["significance_vs_init"] = cmp.to_dict() if hasattr(cmp, "to_dict") else cmp
         data["teacher"] = json.loads(self.path("teacher", "ensemble.json").read_text())
         data["stage_seconds"] = {k: round(v, 1) for k, v in self.timings.items()}
+        card = json.loads(self.path("models", "student", "training_card.json").read_text())
+        data["student"] = {"mode": self.cfg.student.mode, "train_seconds": card.get("train_seconds"),
+                           "documents_encoded_for_training": card.get("documents_encoded"),
+                           "dev_selected": card.get("dev_selected")}
         sections = {
             _table_heading(self.cfg.name, split, t["student"].n_judged): format_table(t, metrics) for split, t in tables.items()
         }
+        st, sel = data["student"], data["student"]["dev_selected"] or {}
+        sections["Student"] = (
+            f"Mode `{st['mode']}`"
+            + (" (only the query tower trained, against the init's corpus vectors; the index holds those same vectors)"
+               if st["mode"] == "query_side" else " (both towers trained; the corpus re-encoded by the student for the index)")
+            + f"; training {st['train_seconds']} s"
+            + (f"; epoch {sel.get('epoch'):g} kept (best dev nDCG@10, {sel.get('dev_ndcg@10', 0):.4f})" if sel else "")
+            + ". Stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in data["stage_seconds"].items()) + "."
+        )
         sections["Significance on test vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
         write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
                      sections=sections, command=command, commit=commit, data=data)
