@@ -54,6 +54,8 @@ def pipeline_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     unknown = set(force) - set(Pipeline.STAGES)
+    if until is not None and until not in Pipeline.STAGES:
+        unknown.add(until)
     if unknown:
         raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(Pipeline.STAGES)}")
     pipe = Pipeline(cfg, force=set(force), echo=typer.echo)

@@ -28,7 +28,7 @@ class SplitConfig(_Strict):
 
     train: str = "train"
     test: str = "test"
-    dev_size: int = 120
+    dev_size: int = Field(120, ge=1)
     seed: int = 13
 
 
@@ -135,9 +135,13 @@ def load_config(path: str | Path, profile: str | None = None) -> PipelineConfig:
     """
     raw = read_yaml_mapping(path, "pipeline config")
     profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ValueError(f"{path}: `profiles` must be a mapping of profile name -> overrides, not {type(profiles).__name__}")
     if profile:
         if profile not in profiles:
             raise KeyError(f"{path}: no profile {profile!r}; known: {sorted(profiles)}")
+        if not isinstance(profiles[profile], dict):
+            raise ValueError(f"{path}: profile {profile!r} must be a mapping of overrides, not {type(profiles[profile]).__name__}")
         raw = deep_merge(raw, profiles[profile])
         raw["profile"] = profile
     return PipelineConfig.model_validate(raw)

@@ -436,6 +436,7 @@ class Pipeline:
                 resolve_model(model)
             except ModelNotFoundError as e:
                 raise ModelNotFoundError(f"{where}: {e}") from None
+        self._preflight_settings()
         test = self.collection("test")
         if not test.corpus:
             raise ValueError(f"{self.cfg.dataset}: the corpus has no documents")
@@ -443,6 +444,49 @@ class Pipeline:
                             (self.cfg.splits.test, test)):
             if not coll.judged_qids():
                 raise ValueError(f"{self.cfg.dataset}: split {split!r} has no judged queries (qrels with grade >= 1)")
+            if split == self.cfg.splits.train and len(coll.judged_qids()) // 4 < 1:
+                raise ValueError(f"{self.cfg.dataset}: split {split!r} has {len(coll.judged_qids())} judged queries; "
+                                 "carving a dev split needs at least 4")
+
+    def _preflight_settings(self) -> None:
+        """The settings a later stage would reject: loss names and options for the student
+        mode, teacher kinds / models / normalisation, metric names."""
+        from retrieval_distill.evaluation.metrics import parse_metrics
+        from retrieval_distill.teachers import base as teacher_base
+
+        if not self.cfg.train.losses:
+            raise ValueError("train.losses is empty: name at least one loss")
+        if self.cfg.student.mode == "query_side":
+            from retrieval_distill.distill.query_side import build_terms
+
+            build_terms(self.cfg.train.losses)
+        else:
+            from retrieval_distill.distill import losses as L
+
+            unknown = [l.name for l in self.cfg.train.losses if l.name not in L.LOSSES]
+            if unknown:
+                raise ValueError(f"train.losses: unknown loss {unknown[0]!r} for student.mode two_tower; known: {sorted(L.LOSSES)}")
+        try:  # the built-in teacher kinds register themselves on import
+            from retrieval_distill.teachers import bi_encoder, bm25, colbert, cross_encoder, ensemble  # noqa: F401
+        except ImportError:  # pragma: no cover
+            pass
+        tc = self.cfg.teacher
+        if not tc.members:
+            raise ValueError("teacher.members is empty: name at least one teacher")
+        if tc.normalization not in ("zscore", "minmax"):
+            raise ValueError(f"teacher.normalization {tc.normalization!r}: use zscore or minmax")
+
+        def walk(spec, where):
+            if spec.kind not in teacher_base._REGISTRY:
+                raise ValueError(f"{where}: unknown teacher kind {spec.kind!r}; known: {sorted(teacher_base._REGISTRY)}")
+            if spec.kind not in ("bm25", "ensemble") and not spec.model:
+                raise ValueError(f"{where}: a {spec.kind} teacher needs `model:`")
+            for i, m in enumerate(spec.members):
+                walk(m, f"{where}.members[{i}]")
+
+        for i, m in enumerate(tc.members):
+            walk(m, f"teacher.members[{i}]")
+        parse_metrics(self.cfg.eval.metrics)
 
     def run(self, until: str | None = None, preflight: bool = True) -> dict:
         """Run the stages in order (see the module docstring), after :meth:`preflight`

@@ -87,7 +87,7 @@ def _refuse_foreign_query_encoder(mode: str, root, query_model: str | None) -> N
         return  # no version yet, or a broken one: the service reports it on /readyz
     try:
         check_query_encoder(query_model, manifest.encoder.fingerprint, where=f"the {mode} index {root}")
-    except EncoderMismatchError as e:
+    except (EncoderMismatchError, ValueError) as e:  # ValueError: an unreadable training card
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 

@@ -142,6 +142,16 @@ def _adi_cfg(dataset, tmp_path, **over):
         (lambda c, t: c.update(student_init=str(t / "missing-init")), FileNotFoundError, "student_init: model"),
         (lambda c, t: (t / "empty").mkdir() or (t / "empty" / "corpus.jsonl").write_text("") or c.update(dataset=str(t / "empty")),
          Exception, "empty corpus"),
+        (lambda c, t: c.update(student={"mode": "query_side"}, train={"losses": [{"name": "corpus_infonse"}]}),
+         ValueError, "unknown query-side loss 'corpus_infonse'"),
+        (lambda c, t: c.update(train={"losses": [{"name": "corpus_infonce"}]}), ValueError, "unknown loss 'corpus_infonce' for student.mode two_tower"),
+        (lambda c, t: c.update(train={"losses": []}), ValueError, "train.losses is empty"),
+        (lambda c, t: c["teacher"]["members"].append({"kind": "crossencoder", "model": "all-MiniLM-L6-v2"}),
+         ValueError, "teacher.members[2]: unknown teacher kind 'crossencoder'"),
+        (lambda c, t: c["teacher"]["members"].append({"kind": "cross_encoder"}), ValueError, "a cross_encoder teacher needs `model:`"),
+        (lambda c, t: c["teacher"].update(members=[]), ValueError, "teacher.members is empty"),
+        (lambda c, t: c["teacher"].update(normalization="zscor"), ValueError, "teacher.normalization 'zscor'"),
+        (lambda c, t: c.update(eval={"metrics": ["ndgc@10"], "report": str(t / "r.md")}), ValueError, "ndgc@10"),
     ],
 )
 def test_bad_pipeline_inputs_fail_before_any_stage(adi_split, tmp_path, edit, error, message):
@@ -164,4 +174,12 @@ def test_unknown_config_option_is_refused(tmp_path):
     p.write_text(yaml.safe_dump({"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": []},
                                  "student": {"mode": "query_side", "query_side": {"projection_lrr": 1}}}))
     with pytest.raises(ValueError, match="projection_lrr"):
+        load_config(p)
+    base = {"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": []}}
+    for profiles, message in (({"quick": None}, "profile 'quick' must be a mapping"), ("quick", "`profiles` must be a mapping")):
+        p.write_text(yaml.safe_dump({**base, "profiles": profiles}))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_config(p, "quick")
+    p.write_text(yaml.safe_dump({**base, "splits": {"dev_size": 0}}))
+    with pytest.raises(ValueError, match="dev_size"):
         load_config(p)

@@ -204,6 +204,25 @@ def test_another_document_encoder_is_refused(frozen, tmp_path):
     assert out.exit_code != 0 and "is a query-side student" in out.output
 
 
+def test_a_corrupt_or_incomplete_card_fails_closed(frozen, tmp_path):
+    """Which documents a query encoder belongs to is never guessed: an unreadable card, or a
+    query-side card without its document encoder, is refused (not waved through)."""
+    import shutil
+
+    from retrieval_distill.serve_cli import app as serve_app
+
+    for name, card in (("corrupt", "{bad"), ("stripped", json.dumps({"mode": "query_side"}))):
+        student = tmp_path / name
+        shutil.copytree(frozen["student"], student)
+        (student / "training_card.json").write_text(card)
+        out = CliRunner().invoke(_app(), ["eval", "run", str(S.ADI), str(tmp_path / f"{name}.trec"), "--split", "test",
+                                          "--searcher", "dense", "--index", str(frozen["store"]), "--query-encoder", str(student)])
+        assert out.exit_code == 2 and "cannot tell which documents this model belongs to" in out.output, out.output
+        assert not (tmp_path / f"{name}.trec").exists()
+        out = CliRunner().invoke(serve_app, ["--index-root", str(frozen["store"]), "--model", str(student), "--port", "0"])
+        assert out.exit_code == 2 and "cannot tell which documents" in out.output
+
+
 def test_projection_is_saved_in_the_model_folder(frozen, tmp_path):
     from retrieval_distill.models import load_sentence_transformer
 

@@ -205,16 +205,24 @@ def load_documents(documents: str | os.PathLike) -> FrozenDocuments:
 
 # --------------------------------------------------------------------------- card and checks
 def read_card(model: str | os.PathLike | None) -> dict | None:
-    """A model folder's ``training_card.json`` (``None`` for a hub name, alias or no card)."""
+    """A model folder's ``training_card.json`` (``None`` for a hub name, alias or no card).
+
+    Raises:
+        ValueError: a card that exists but is not a JSON object (fail closed: which documents
+            a query encoder belongs to must not be guessed).
+    """
     if model is None:
         return None
     p = Path(str(model)) / CARD
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: unreadable training card ({e}); cannot tell which documents this model belongs to") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{p}: a training card must be a JSON object")
+    return card
 
 
 def document_encoder_of(model: str | os.PathLike | None) -> dict | None:
@@ -222,7 +230,11 @@ def document_encoder_of(model: str | os.PathLike | None) -> dict | None:
     ``document_encoder``), or ``None`` for any other model."""
     card = read_card(model)
     if card and card.get("mode") == "query_side":
-        return card.get("document_encoder")
+        doc = card.get("document_encoder")
+        if not isinstance(doc, dict) or not doc.get("fingerprint"):
+            raise ValueError(f"{Path(str(model)) / CARD}: a query-side card without `document_encoder.fingerprint`; "
+                             "cannot tell which documents this model belongs to")
+        return doc
     return None
 
 
@@ -337,6 +349,8 @@ def build_terms(specs) -> list[tuple[str, float, Any]]:
         ValueError: an unknown name or bad option (the message lists the known names).
     """
     from retrieval_distill.distill.query_losses import QUERY_SIDE_LOSSES
+    if not specs:
+        raise ValueError(f"no loss given; name at least one of {sorted(QUERY_SIDE_LOSSES)}")
     out = []
     for s in specs:
         if s.name not in QUERY_SIDE_LOSSES:
@@ -385,6 +399,8 @@ def prepare_query_side(job) -> dict[str, Any]:
     terms = build_terms(cfg.losses)
     wants_teacher = any(n in TEACHER_TERMS for n, _, _ in terms)
     docs = load_documents(spec.documents)
+    if spec.projection_init == "ridge_documents":
+        _init_documents(spec, cfg.init)  # checked here so `--check` catches it
     coll = load_collection(job.collection, split=job.split)
     qids = coll.judged_qids()
     if job.qids_file:
@@ -461,6 +477,9 @@ def train_query_side(job, show_progress: bool = True) -> Path:
     proj_idx = None
     if spec.projection == "never" and in_dim != out_dim:
         raise ValueError(f"query tower dim {in_dim} != document dim {out_dim} and projection: never")
+    if spec.projection_init == "ridge_documents" and spec.projection != "always" and in_dim == out_dim:
+        raise ValueError(f"projection_init: ridge_documents has nothing to fit: the query tower ({in_dim}) and the documents "
+                         f"({out_dim}) have the same dimension, so no projection is added (set projection: always)")
     if spec.projection == "always" or in_dim != out_dim:
         w = b = None
         if spec.projection_init == "ridge_documents":
@@ -503,15 +522,8 @@ def _fit_on_documents(spec: QuerySideSpec, init: str, docs: FrozenDocuments) -> 
             share fewer than 2 documents.
     """
     from retrieval_distill.distill.losses import fit_projection
-    from retrieval_distill.models.resolve import model_fingerprint
 
-    src = load_documents(spec.init_documents)
-    want = model_fingerprint(init)
-    if src.key.get("encoder_fingerprint") != want:
-        raise ValueError(
-            f"init_documents {spec.init_documents}: encoded by {src.key.get('encoder')!r} (fingerprint "
-            f"{src.key.get('encoder_fingerprint')}), not by the query tower's init {init!r} (fingerprint {want})"
-        )
+    src = _init_documents(spec, init)
     common = [d for d in docs.docids if d in src.row]
     if len(common) < 2:  # fewer pairs than dimensions is fine: the ridge term makes the fit unique
         raise ValueError(
@@ -521,3 +533,21 @@ def _fit_on_documents(spec: QuerySideSpec, init: str, docs: FrozenDocuments) -> 
     x = src.emb[[src.row[d] for d in common]]
     y = docs.emb[[docs.row[d] for d in common]]
     return fit_projection(x, y, ridge=spec.ridge)
+
+
+def _init_documents(spec: QuerySideSpec, init: str) -> FrozenDocuments:
+    """``spec.init_documents`` read, after checking it was encoded by ``init``.
+
+    Raises:
+        FileNotFoundError: nothing there. ValueError: encoded by another model.
+    """
+    from retrieval_distill.models.resolve import model_fingerprint
+
+    src = load_documents(spec.init_documents)
+    want = model_fingerprint(init)
+    if src.key.get("encoder_fingerprint") != want:
+        raise ValueError(
+            f"init_documents {spec.init_documents}: encoded by {src.key.get('encoder')!r} (fingerprint "
+            f"{src.key.get('encoder_fingerprint')}), not by the query tower's init {init!r} (fingerprint {want})"
+        )
+    return src
