@@ -507,6 +507,7 @@ class Pipeline:
         self.echo(f"total wall time: {total:.1f} s")
         if result:
             self.echo("\n" + _report_section(Path(self.cfg.eval.report), _table_heading(self.cfg.name, "test")))
+            self.echo(f"\nreport: {self.cfg.eval.report} (dev table, significance tests, stage times)")
         return result
 
 

@@ -67,7 +67,8 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     assert "nDCG@10" in report and "rd pipeline" in report
     assert any(line.startswith("total wall time") for line in lines)
     # the run ends with the TEST table (its heading names the config), not dev's
-    table = lines[-1]
+    table = lines[-2]
+    assert lines[-1].startswith(f"\nreport: {tmp_path / 'report.md'}")
     assert table.startswith("\n## adi test (15 judged queries)") and "adi dev" not in table
     student_row = next(r for r in table.splitlines() if r.startswith("| student "))
     assert f"{result['test']['student']['ndcg@10']:.4f}" in student_row
