@@ -186,11 +186,17 @@ def test_eval_run_and_service_use_it_beside_the_unchanged_index(frozen, tmp_path
 
 
 def test_another_document_encoder_is_refused(frozen, tmp_path):
-    """An index whose documents the student itself encoded (other weights than all-MiniLM-L6-v2)."""
+    """An index whose documents the student's weights encoded (other weights than all-MiniLM-L6-v2;
+    a copy without the card, since the student itself is refused as a document encoder)."""
+    import shutil
+
     from retrieval_distill.index.rebuild import rebuild
     from retrieval_distill.serve_cli import app as serve_app
 
-    rebuild(S.spec(tmp_path, model=str(frozen["student"]), encodings=str(tmp_path / "enc")), force_full=True, log=lambda *a: None)
+    plain = tmp_path / "plain"
+    shutil.copytree(frozen["student"], plain)
+    (plain / "training_card.json").unlink()
+    rebuild(S.spec(tmp_path, model=str(plain), encodings=str(tmp_path / "enc")), force_full=True, log=lambda *a: None)
     other = tmp_path / "store"
     out = CliRunner().invoke(_app(), ["eval", "run", str(S.ADI), str(tmp_path / "x.trec"), "--split", "test", "--searcher",
                                       "dense", "--index", str(other), "--query-encoder", str(frozen["student"])])
@@ -202,6 +208,13 @@ def test_another_document_encoder_is_refused(frozen, tmp_path):
     out = CliRunner().invoke(_app(), ["eval", "run", str(S.ADI), str(tmp_path / "y.trec"), "--split", "test", "--searcher",
                                       "dense", "--index", str(frozen["store"]), "--encoder", str(frozen["student"])])
     assert out.exit_code != 0 and "is a query-side student" in out.output
+
+
+def test_index_build_refuses_a_query_side_student_as_document_encoder(frozen, tmp_path):
+    out = CliRunner().invoke(_app(), ["index", "build", "--model", str(frozen["student"]), "--dataset", str(S.ADI),
+                                      "--split", "test", "--out", str(tmp_path / "idx")])
+    assert out.exit_code == 2 and "is a query-side student" in out.output and "--query-model STUDENT" in out.output, out.output
+    assert not list((tmp_path / "idx").rglob("*.faiss"))
 
 
 def test_a_corrupt_or_incomplete_card_fails_closed(frozen, tmp_path):
