@@ -50,6 +50,16 @@ class TeacherConfig(_Strict):
     weight_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     shard_queries: int = 64
 
+    @model_validator(mode="after")
+    def _check(self):
+        from retrieval_distill.teachers.ensemble import NORMALIZATIONS
+
+        if not self.members:
+            raise ValueError("teacher.members is empty: name at least one teacher")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"teacher.normalization {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
+        return self
+
 
 class IndexConfig(_Strict):
     """FAISS indexes built from the student's document embeddings."""

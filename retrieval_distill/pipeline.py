@@ -261,6 +261,16 @@ class Pipeline:
                        teacher_fingerprint=manifest.get("teacher_fingerprint"))
         return StudentJob(**job)
 
+    def _student_encoder(self):
+        """The trained student as an :class:`Encoder`: in ``query_side`` mode the init encodes
+        documents (the vectors the index holds) and the student encodes queries."""
+        from retrieval_distill.models.encoder import Encoder
+
+        student = str(self.path("models", "student"))
+        if self.cfg.student.mode == "query_side":
+            return Encoder(self.cfg.student_init, query_model=student)
+        return Encoder(student)
+
     def train(self) -> None:
         out = self.path("models", "student")
 
@@ -307,18 +317,15 @@ class Pipeline:
         def go():
             from retrieval_distill.index.build import build_index
             from retrieval_distill.index.store import IndexStore
-            from retrieval_distill.models.encoder import Encoder
 
-            model = str(self.path("models", "student"))
+            enc = self._student_encoder()
             if self.cfg.student.mode == "query_side":
                 # the student encodes queries only: index the init's vectors it was trained
                 # against; the manifest names the student as the query encoder (rd serve uses it)
                 docids, emb = self._embeddings(self.cfg.student_init, "init")
-                enc = Encoder(self.cfg.student_init, query_model=model)
                 extra = {"student_mode": "query_side"}
             else:
-                docids, emb = self._embeddings(model, "student")
-                enc = Encoder(model)
+                docids, emb = self._embeddings(str(self.path("models", "student")), "student")
                 extra = {}
             corpus = self.collection("test")
             for f in ic.factories:
@@ -346,16 +353,10 @@ class Pipeline:
             from retrieval_distill.evaluation.report import write_report
             from retrieval_distill.evaluation.runs import read_run, write_run
             from retrieval_distill.index.store import IndexStore
-            from retrieval_distill.models.encoder import Encoder
             from retrieval_distill.search.dense import DenseSearcher
 
             store = IndexStore(self.path("index", self.cfg.index.factories[0].lower()))
-            student = str(self.path("models", "student"))
-            if self.cfg.student.mode == "query_side":  # documents: the init's vectors; queries: the student
-                encoder = Encoder(self.cfg.student_init, query_model=student)
-            else:
-                encoder = Encoder(student)
-            searcher = DenseSearcher(store.current(), encoder)
+            searcher = DenseSearcher(store.current(), self._student_encoder())
             tables = {}
             for split in ("dev", "test"):
                 coll = self.collection(split)
@@ -421,22 +422,12 @@ class Pipeline:
         """
         from retrieval_distill.models.resolve import ModelNotFoundError, resolve_model
 
-        models: dict[str, str] = {self.cfg.student_init: "student_init", self.cfg.train.init: "train.init"}
-
-        def walk(spec, where):
-            if spec.model and spec.kind != "bm25":
-                models.setdefault(spec.model, where)
-            for i, m in enumerate(spec.members):
-                walk(m, f"{where}.members[{i}]")
-
-        for i, m in enumerate(self.cfg.teacher.members):
-            walk(m, f"teacher.members[{i}] ({m.display_name()})")
+        models = {self.cfg.student_init: "student_init", self.cfg.train.init: "train.init", **self._preflight_settings()}
         for model, where in models.items():
             try:
                 resolve_model(model)
             except ModelNotFoundError as e:
                 raise ModelNotFoundError(f"{where}: {e}") from None
-        self._preflight_settings()
         test = self.collection("test")
         if not test.corpus:
             raise ValueError(f"{self.cfg.dataset}: the corpus has no documents")
@@ -448,9 +439,10 @@ class Pipeline:
                 raise ValueError(f"{self.cfg.dataset}: split {split!r} has {len(coll.judged_qids())} judged queries; "
                                  "carving a dev split needs at least 4")
 
-    def _preflight_settings(self) -> None:
+    def _preflight_settings(self) -> dict[str, str]:
         """The settings a later stage would reject: loss names and options for the student
-        mode, teacher kinds / models / normalisation, metric names."""
+        mode, teacher kinds and models, metric names. Returns the teacher members' models
+        (model -> where the config names it), for :meth:`preflight` to resolve."""
         from retrieval_distill.evaluation.metrics import parse_metrics
         from retrieval_distill.teachers import base as teacher_base
 
@@ -470,23 +462,22 @@ class Pipeline:
             from retrieval_distill.teachers import bi_encoder, bm25, colbert, cross_encoder, ensemble  # noqa: F401
         except ImportError:  # pragma: no cover
             pass
-        tc = self.cfg.teacher
-        if not tc.members:
-            raise ValueError("teacher.members is empty: name at least one teacher")
-        if tc.normalization not in ("zscore", "minmax"):
-            raise ValueError(f"teacher.normalization {tc.normalization!r}: use zscore or minmax")
+        models: dict[str, str] = {}
 
         def walk(spec, where):
             if spec.kind not in teacher_base._REGISTRY:
                 raise ValueError(f"{where}: unknown teacher kind {spec.kind!r}; known: {sorted(teacher_base._REGISTRY)}")
             if spec.kind not in ("bm25", "ensemble") and not spec.model:
                 raise ValueError(f"{where}: a {spec.kind} teacher needs `model:`")
+            if spec.model and spec.kind != "bm25":
+                models.setdefault(spec.model, f"{where} ({spec.display_name()})")
             for i, m in enumerate(spec.members):
                 walk(m, f"{where}.members[{i}]")
 
-        for i, m in enumerate(tc.members):
+        for i, m in enumerate(self.cfg.teacher.members):
             walk(m, f"teacher.members[{i}]")
         parse_metrics(self.cfg.eval.metrics)
+        return models
 
     def run(self, until: str | None = None, preflight: bool = True) -> dict:
         """Run the stages in order (see the module docstring), after :meth:`preflight`

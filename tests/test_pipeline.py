@@ -172,11 +172,11 @@ def test_unknown_config_option_is_refused(tmp_path):
     from retrieval_distill.config import load_config
 
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": []},
+    p.write_text(yaml.safe_dump({"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": [{"kind": "bm25"}]},
                                  "student": {"mode": "query_side", "query_side": {"projection_lrr": 1}}}))
     with pytest.raises(ValueError, match="projection_lrr"):
         load_config(p)
-    base = {"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": []}}
+    base = {"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": [{"kind": "bm25"}]}}
     for profiles, message in (({"quick": None}, "profile 'quick' must be a mapping"), ("quick", "`profiles` must be a mapping")):
         p.write_text(yaml.safe_dump({**base, "profiles": profiles}))
         with pytest.raises(ValueError, match=re.escape(message)):

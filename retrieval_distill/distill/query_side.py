@@ -238,6 +238,26 @@ def document_encoder_of(model: str | os.PathLike | None) -> dict | None:
     return None
 
 
+def refuse_as_document_encoder(model: str | os.PathLike, hint: str) -> None:
+    """Refuse a query-side student where a document encoder is wanted (it never encoded
+    documents: its card names the encoder that did).
+
+    Args:
+        model: the model offered as document encoder.
+        hint: what to do instead, appended to the message.
+
+    Raises:
+        EncoderMismatchError: ``model`` is a query-side student.
+    """
+    from retrieval_distill.index.manifest import EncoderMismatchError
+
+    doc = document_encoder_of(model)
+    if doc is not None:
+        raise EncoderMismatchError(
+            f"{str(model)!r} is a query-side student (it encodes queries only, against documents of {doc.get('name')!r}); {hint}"
+        )
+
+
 def check_query_encoder(query_model: str | os.PathLike, index_encoder_fingerprint: str, where: str = "the index") -> None:
     """Refuse a query-side student whose documents are not the index's.
 

@@ -141,16 +141,11 @@ class RebuildResult:
 
 
 def _refs(spec: IndexSpec) -> tuple[EncoderRef, EncoderRef]:
-    from retrieval_distill.distill.query_side import check_query_encoder, document_encoder_of
+    from retrieval_distill.distill.query_side import check_query_encoder, refuse_as_document_encoder
     from retrieval_distill.models.resolve import model_fingerprint
 
-    trained_for = document_encoder_of(spec.model)
-    if trained_for is not None:
-        raise ValueError(
-            f"{spec.model!r} is a query-side student: it encodes queries only, against documents of "
-            f"{trained_for.get('name')!r}; build the index with that model as the document encoder and this one as "
-            "the query model (--model DOCS --query-model STUDENT), or serve it beside an existing index"
-        )
+    refuse_as_document_encoder(spec.model, "build the index with that model as the document encoder and this one as "
+                                           "the query model (--model DOCS --query-model STUDENT), or serve it beside an existing index")
     doc = EncoderRef(name=spec.model, fingerprint=model_fingerprint(spec.model))
     if spec.query_model and spec.query_model != spec.model:
         check_query_encoder(spec.query_model, doc.fingerprint, where=f"an index of {spec.model!r}")

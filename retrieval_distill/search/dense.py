@@ -105,17 +105,13 @@ class DenseSearcher:
     def _check_encoder(self, encoder: "Encoder") -> None:
         from retrieval_distill.index.build import encoder_refs
 
-        from retrieval_distill.distill.query_side import check_query_encoder, document_encoder_of
+        from retrieval_distill.distill.query_side import check_query_encoder, refuse_as_document_encoder
 
         doc, _ = encoder_refs(encoder)
         m = self.manifest
-        if doc.fingerprint != m.encoder.fingerprint and document_encoder_of(doc.name) is not None:
-            raise EncoderMismatchError(
-                f"{doc.name!r} is a query-side student (it encodes queries only, against documents of "
-                f"{document_encoder_of(doc.name).get('name')!r}); pass it as the query encoder "
-                f"(rd eval run --query-encoder, rd serve --model) beside the index of those documents"
-            )
         if doc.fingerprint != m.encoder.fingerprint:
+            refuse_as_document_encoder(doc.name, "pass it as the query encoder (rd eval run --query-encoder, rd serve --model) "
+                                                 "beside the index of those documents")
             raise EncoderMismatchError(
                 f"{self.version.path / 'manifest.json'}: documents were encoded by {m.encoder.name!r} "
                 f"(fingerprint {m.encoder.fingerprint}), but the encoder's document side is {doc.name!r} "
