@@ -33,10 +33,14 @@ class SplitConfig(_Strict):
 
 
 class CandidateConfig(_Strict):
-    """Candidate lists: the union of BM25 top-``bm25_k`` and student-init top-``dense_k``."""
+    """Candidate lists: the union of BM25 top-``bm25_k`` and student-init top-``dense_k``.
+    ``train_k`` (optional) cuts the TRAINING queries' lists to BM25 top-``train_k`` and init
+    top-``train_k`` (fewer teacher scores on a large synthetic query set; the classic-corpus
+    recipe uses 20); dev and test keep the full depths."""
 
-    bm25_k: int = 100
-    dense_k: int = 100
+    bm25_k: int = Field(100, ge=1)
+    dense_k: int = Field(100, ge=1)
+    train_k: int | None = Field(None, ge=1)
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
 
@@ -58,6 +62,44 @@ class TeacherConfig(_Strict):
             raise ValueError("teacher.members is empty: name at least one teacher")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"teacher.normalization {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
+        return self
+
+
+class QueriesConfig(_Strict):
+    """Where the training queries come from (``queries:`` in a pipeline config).
+
+    Attributes:
+        source: ``dataset``: the dataset's ``splits.train`` queries and qrels. ``synthetic``:
+            the ``queries`` stage makes them from the corpus
+            (:func:`retrieval_distill.distill.synth.synth_corpus`: titles, sentences, salient
+            keywords; each query's source document is its positive) and the dev split is carved
+            from them; the dataset's real queries are only used by ``splits.test``. ``auto``
+            (default): ``synthetic`` when the dataset has no judged ``splits.train`` queries
+            (no ``qrels/<train>.tsv``, as in a folder holding only ``corpus.jsonl``).
+        kinds: query kinds (``title``, ``sentence``, ``keywords``, ``ict``).
+        max_docs: make queries from a seeded sample of this many documents (all when unset).
+        seed: seeds the sample and every choice inside a query.
+        positive: ``source``: train towards each query's source document. ``teacher``: drop the
+            source from the query's candidates and make the teacher's top-scored remaining
+            candidate the positive (:func:`retrieval_distill.distill.synth.teacher_positives`;
+            the source is a copy of the query's words, which real queries do not reward).
+    """
+
+    source: Literal["auto", "dataset", "synthetic"] = "auto"
+    kinds: list[str] = Field(default_factory=lambda: ["title", "sentence", "keywords"])
+    max_docs: int | None = Field(None, ge=1)
+    seed: int = 13
+    positive: Literal["source", "teacher"] = "source"
+
+    @model_validator(mode="after")
+    def _check(self):
+        from retrieval_distill.distill.synth import KINDS
+
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"queries.kinds {bad or self.kinds}: choose from {', '.join(KINDS)}")
+        if self.source == "dataset" and self.positive == "teacher":
+            raise ValueError("queries.positive: teacher relabels synthetic queries; it needs queries.source synthetic or auto")
         return self
 
 
@@ -114,6 +156,7 @@ class PipelineConfig(_Strict):
     work_dir: str
     profile: str = "base"
     student_init: str = "all-MiniLM-L6-v2"
+    queries: QueriesConfig = Field(default_factory=QueriesConfig)
     splits: SplitConfig = Field(default_factory=SplitConfig)
     candidates: CandidateConfig = Field(default_factory=CandidateConfig)
     teacher: TeacherConfig

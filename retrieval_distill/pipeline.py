@@ -3,6 +3,9 @@
 Stages (each writes files under ``work_dir`` and a stamp ``stamps/<stage>.json`` holding a
 fingerprint of its inputs; a stage whose stamp matches and whose outputs exist is skipped):
 
+0. ``queries``    only when the training queries are synthetic (``queries.source``; by default
+                  when the dataset has no judged train split, e.g. a folder with only
+                  ``corpus.jsonl``): queries made from the documents, in ``queries/synth``
 1. ``splits``     carve a fixed, seeded dev split out of the train queries
 2. ``bm25``       Lucene index (Pyserini) and BM25 runs for train / dev / test
 3. ``init``       corpus embeddings of the student init (cached) and its dense runs
@@ -10,9 +13,11 @@ fingerprint of its inputs; a stage whose stamp matches and whose outputs exist i
 5. ``teacher``    ensemble weights chosen on dev; teacher scores of every candidate written
                   as the Parquet score file; teacher runs (reranked candidates)
 6. ``train``      the student, trained with the configured losses on the teacher's scores
+                  (synthetic queries with ``queries.positive: teacher`` are relabelled first)
 7. ``index``      student corpus embeddings and FAISS indexes (Flat, HNSW) with manifests
 8. ``eval``       runs of every system on dev and test, metrics (ranx), significance of
-                  student vs init, Markdown + JSON report
+                  student vs init, Markdown + JSON report (a dataset without a test split,
+                  such as a corpus-only folder, is reported on dev only)
 
 Every stage prints its wall time; the run ends with the metrics table.
 """
@@ -46,7 +51,7 @@ class Pipeline:
         echo: where progress lines go (default: print).
     """
 
-    STAGES = ("splits", "bm25", "init", "candidates", "teacher", "train", "index", "eval")
+    STAGES = ("queries", "splits", "bm25", "init", "candidates", "teacher", "train", "index", "eval")
 
     def __init__(self, cfg: PipelineConfig, force: set[str] | None = None, echo: Callable[[str], None] = print):
         self.cfg = cfg
@@ -56,6 +61,8 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.skipped: set[str] = set()
         self._colls: dict[str, Collection] = {}
+        self._synthetic: bool | None = None
+        self._has_test: bool | None = None
 
     # ------------------------------------------------------------------ helpers
     def path(self, *parts: str) -> Path:
@@ -65,13 +72,65 @@ class Pipeline:
         """``train`` / ``dev`` / ``test`` collections (dev = carved out of train)."""
         if split not in self._colls:
             if split in ("train", "dev"):
-                full = load_collection(self.cfg.dataset, split=self.cfg.splits.train)
+                full = self.train_source()
                 sp = json.loads(self.path("splits.json").read_text())
-                self._colls["train"] = full.subset(sp["train"], name=f"{self.cfg.dataset}/train-minus-dev")
-                self._colls["dev"] = full.subset(sp["dev"], name=f"{self.cfg.dataset}/dev")
-            else:
+                self._colls["train"] = full.subset(sp["train"], name=f"{full.name}/train-minus-dev")
+                self._colls["dev"] = full.subset(sp["dev"], name=f"{full.name}/dev")
+            elif self.has_test:
                 self._colls[split] = load_collection(self.cfg.dataset, split=self.cfg.splits.test)
+            else:  # a corpus-only dataset: the corpus, no queries
+                from retrieval_distill.data.collections import load_corpus
+                from retrieval_distill.distill.synth import resolve_corpus_path
+
+                self._colls[split] = Collection(name=f"{self.cfg.dataset} (corpus only)", queries={}, qrels={},
+                                                corpus=load_corpus(resolve_corpus_path(self.cfg.dataset)))
         return self._colls[split]
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the training queries are made by the ``queries`` stage (``queries.source``;
+        ``auto``: when the dataset has no judged queries in ``splits.train``)."""
+        if self._synthetic is None:
+            src = self.cfg.queries.source
+            self._synthetic = src == "synthetic" or (src == "auto" and not self._judged(self.cfg.splits.train))
+        return self._synthetic
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the dataset has judged ``splits.test`` queries (a corpus-only folder has none)."""
+        if self._has_test is None:
+            self._has_test = self._judged(self.cfg.splits.test)
+        return self._has_test
+
+    def _judged(self, split: str) -> bool:
+        """Whether ``split`` of the dataset has judged queries; ``False`` when its qrels or
+        the queries file are missing but the corpus is there.
+
+        Raises:
+            FileNotFoundError: no corpus either (not a dataset)."""
+        from retrieval_distill.distill.synth import resolve_corpus_path
+
+        try:
+            return bool(load_collection(self.cfg.dataset, split=split).judged_qids())
+        except FileNotFoundError:
+            resolve_corpus_path(self.cfg.dataset)  # raises when there is no corpus at all
+            return False
+
+    def splits_used(self) -> tuple[str, ...]:
+        """The splits every stage runs on: train, dev and, when the dataset has one, test."""
+        return ("train", "dev", "test") if self.has_test else ("train", "dev")
+
+    def train_source(self) -> Collection:
+        """The training queries before the dev carve: the dataset's ``splits.train``, or the
+        ``queries`` stage's synthetic folder."""
+        if "train-source" not in self._colls:
+            if self.synthetic:
+                c = load_collection(self.path("queries", "synth"), split="train")
+                c.name = f"{self.cfg.dataset}/synthetic"
+            else:
+                c = load_collection(self.cfg.dataset, split=self.cfg.splits.train)
+            self._colls["train-source"] = c
+        return self._colls["train-source"]
 
     def _stamp(self, stage: str, inputs: dict) -> tuple[Path, str]:
         return self.path("stamps", f"{stage}.json"), fingerprint_obj(inputs)
@@ -95,21 +154,41 @@ class Pipeline:
         self.echo(f"[{stage}] done in {self.timings[stage]:.1f} s")
 
     # ------------------------------------------------------------------ stages
+    def queries(self) -> None:
+        """Synthetic training queries (only when :attr:`synthetic`)."""
+        if not self.synthetic:
+            return
+        qc = self.cfg.queries
+        out = self.path("queries", "synth")
+
+        def go():
+            from retrieval_distill.distill.synth import resolve_corpus_path, synth_corpus
+
+            res = synth_corpus(resolve_corpus_path(self.cfg.dataset), out, kinds=qc.kinds, seed=qc.seed, max_docs=qc.max_docs)
+            per_kind = ", ".join(f"{k} {v}" for k, v in res.stats.get("per_kind", {}).items())
+            self.echo(f"  {len(res.queries)} synthetic queries from {res.stats.get('documents')} documents ({per_kind})")
+
+        inputs = {"dataset": self.cfg.dataset, **qc.model_dump(exclude={"positive", "source"})}
+        self.run_stage("queries", inputs, [out / "queries.jsonl", out / "qrels" / "train.tsv", out / "synth.json"], go)
+
     def splits(self) -> None:
         c = self.cfg.splits
 
         def go():
-            full = load_collection(self.cfg.dataset, split=c.train)
+            full = self.train_source()
             qids = sorted(full.judged_qids())
             dev = sorted(random.Random(c.seed).sample(qids, min(c.dev_size, len(qids) // 4)))
             dev_set = set(dev)
             write_json_atomic(self.path("splits.json"), {"dev": dev, "train": [q for q in qids if q not in dev_set], "seed": c.seed})
 
-        self.run_stage("splits", {"dataset": self.cfg.dataset, **c.model_dump()}, [self.path("splits.json")], go)
+        inputs = {"dataset": self.cfg.dataset, **c.model_dump()}
+        if self.synthetic:  # older stamps (dataset queries) stay valid
+            inputs["queries"] = self._stamp_fp("queries")
+        self.run_stage("splits", inputs, [self.path("splits.json")], go)
 
     def bm25(self) -> None:
         c = self.cfg.candidates
-        outs = [self.path("runs", f"bm25.{s}.trec") for s in ("train", "dev", "test")]
+        outs = [self.path("runs", f"bm25.{s}.trec") for s in self.splits_used()]
 
         def go():
             from retrieval_distill.evaluation.runs import write_run
@@ -118,7 +197,7 @@ class Pipeline:
             idx = self.path("bm25-index")
             build_bm25_index(self.collection("test"), idx)
             searcher = BM25Searcher(idx, k1=c.bm25_k1, b=c.bm25_b)
-            for split, out in zip(("train", "dev", "test"), outs):
+            for split, out in zip(self.splits_used(), outs):
                 res = searcher.batch_search(self.collection(split).queries, k=c.bm25_k)
                 write_run(out, {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="bm25")
 
@@ -142,7 +221,7 @@ class Pipeline:
 
         docids, emb = self._embeddings(model, emb_name)
         enc = Encoder(model)
-        for split in ("train", "dev", "test"):
+        for split in self.splits_used():
             coll = self.collection(split)
             qids = list(coll.queries)
             qe = enc.encode_queries([coll.queries[q] for q in qids])
@@ -154,25 +233,27 @@ class Pipeline:
             write_run(self.path("runs", f"{tag}.{split}.trec"), run, tag=tag)
 
     def init(self) -> None:
-        outs = [self.path("runs", f"init.{s}.trec") for s in ("train", "dev", "test")]
+        outs = [self.path("runs", f"init.{s}.trec") for s in self.splits_used()]
         inputs = {"model": self.cfg.student_init, "k": self.cfg.candidates.dense_k, "splits": self._stamp_fp("splits")}
         self.run_stage("init", inputs, outs, lambda: self._dense_runs(self.cfg.student_init, "init", "init", self.cfg.candidates.dense_k))
 
     def candidates(self) -> None:
-        outs = [self.path("candidates", f"{s}.trec") for s in ("train", "dev", "test")]
+        outs = [self.path("candidates", f"{s}.trec") for s in self.splits_used()]
+        train_k = self.cfg.candidates.train_k
 
         def go():
             from retrieval_distill.evaluation.runs import read_run, write_run
 
-            for split, out in zip(("train", "dev", "test"), outs):
+            for split, out in zip(self.splits_used(), outs):
                 bm = read_run(self.path("runs", f"bm25.{split}.trec"))
                 de = read_run(self.path("runs", f"init.{split}.trec"))
+                depth = train_k if split == "train" and train_k else None
                 run = {}
                 for q in self.collection(split).queries:
                     # reciprocal-rank fusion orders the union; every candidate of either list is kept
                     fused: dict[str, float] = {}
                     for r in (bm.get(q, {}), de.get(q, {})):
-                        for rank, d in enumerate(sorted(r, key=lambda d: -r[d]), 1):
+                        for rank, d in enumerate(sorted(r, key=lambda d: -r[d])[:depth], 1):
                             fused[d] = fused.get(d, 0.0) + 1.0 / (60 + rank)
                     if split == "train":
                         # training needs the teacher's score of every positive, found or not
@@ -184,12 +265,14 @@ class Pipeline:
                 write_run(out, run, tag="candidates")
 
         inputs = {"bm25": self._stamp_fp("bm25"), "init": self._stamp_fp("init")}
+        if train_k:  # older stamps (no train_k) stay valid
+            inputs["train_k"] = train_k
         self.run_stage("candidates", inputs, outs, go)
 
     def teacher(self) -> None:
         tc = self.cfg.teacher
-        outs = [self.path("teacher", "scores", s, "manifest.json") for s in ("train", "dev", "test")]
-        outs += [self.path("runs", f"teacher.{s}.trec") for s in ("dev", "test")] + [self.path("teacher", "ensemble.json")]
+        outs = [self.path("teacher", "scores", s, "manifest.json") for s in self.splits_used()]
+        outs += [self.path("runs", f"teacher.{s}.trec") for s in self.splits_used()[1:]] + [self.path("teacher", "ensemble.json")]
 
         def go():
             from retrieval_distill.evaluation.runs import read_run, write_run
@@ -210,7 +293,7 @@ class Pipeline:
             write_json_atomic(self.path("teacher", "ensemble.json"), {"spec": teacher.spec.model_dump(), "dev_fit": fit})
             self.echo(f"  teacher weights {fit['weights']} ({fit['metric']} on dev {fit['best']:.4f}; equal weights {fit['equal']:.4f})")
             # 2. the score file for every split; teacher runs (reranked candidates) for dev/test
-            for split in ("train", "dev", "test"):
+            for split in self.splits_used():
                 coll = self.collection(split)
                 out_dir = self.path("teacher", "scores", split)
                 score_candidates(teacher, self.path("candidates", f"{split}.trec"), coll.queries, doc_text, out_dir,
@@ -245,14 +328,19 @@ class Pipeline:
         from retrieval_distill.distill.query_side import TEACHER_TERMS, QuerySideSpec
 
         sp = json.loads(self.path("splits.json").read_text())
+        coll, split = self._train_folder()
+        dev = sp["dev"]
+        if coll != self.cfg.dataset:  # relabelled synthetic queries: a query left without candidates is dropped
+            have = load_collection(coll, split=split).queries
+            dev = [q for q in dev if q in have]
         dev_qids = self.path("splits", "dev.qids")
         dev_qids.parent.mkdir(parents=True, exist_ok=True)
-        dev_qids.write_text("".join(q + "\n" for q in sp["dev"]))
+        dev_qids.write_text("".join(q + "\n" for q in dev))
         job = {
-            "mode": "query_side", "collection": self.cfg.dataset, "split": self.cfg.splits.train,
+            "mode": "query_side", "collection": coll, "split": split,
             "exclude_qids_file": str(dev_qids), "output": str(out), "train": self.cfg.train,
             "query_side": QuerySideSpec(documents=str(self.path("embeddings", "init")), **self.cfg.student.query_side),
-            "dev": DevSpec(collection=self.cfg.dataset, split=self.cfg.splits.train, qids_file=str(dev_qids),
+            "dev": DevSpec(collection=coll, split=split, qids_file=str(dev_qids),
                            metrics=list(self.cfg.eval.metrics), each_epoch=True, keep="best"),
         }
         if any(l.name in TEACHER_TERMS for l in self.cfg.train.losses):
@@ -260,6 +348,29 @@ class Pipeline:
             job.update(scores=str(self.path("teacher", "scores", "train")), teacher=manifest.get("teacher_name"),
                        teacher_fingerprint=manifest.get("teacher_fingerprint"))
         return StudentJob(**job)
+
+    def _train_folder(self) -> tuple[str, str]:
+        """(collection, split) the student trains on: the dataset's train split, the synthetic
+        folder, or (``queries.positive: teacher``) the teacher-relabelled synthetic folder."""
+        if not self.synthetic:
+            return self.cfg.dataset, self.cfg.splits.train
+        if self.cfg.queries.positive == "teacher":
+            return str(self.path("queries", "teacher-positives")), "train"
+        return str(self.path("queries", "synth")), "train"
+
+    def _teacher_positives(self) -> None:
+        """Relabel the synthetic queries with the teacher (``queries.positive: teacher``):
+        :func:`~retrieval_distill.distill.synth.teacher_positives` over the train and dev
+        candidates and scores, written to ``queries/teacher-positives`` (qrels + candidates)."""
+        from retrieval_distill.distill.synth import teacher_positives
+
+        # train and dev together: dev is relabelled the same way, so dev selection measures
+        # what training optimises
+        counts = teacher_positives(
+            self.path("queries", "synth"), [self.path("candidates", f"{s}.trec") for s in ("train", "dev")],
+            [self.path("teacher", "scores", s) for s in ("train", "dev")], self.path("queries", "teacher-positives"))
+        self.echo(f"  teacher positives: {counts['queries']} queries relabelled, {counts['dropped_pairs']} source pairs dropped, "
+                  f"{counts['no_candidates']} queries without another candidate skipped")
 
     def _student_encoder(self):
         """The trained student as an :class:`Encoder`: in ``query_side`` mode the init encodes
@@ -274,7 +385,11 @@ class Pipeline:
     def train(self) -> None:
         out = self.path("models", "student")
 
+        tpos = self.synthetic and self.cfg.queries.positive == "teacher"
+
         def go():
+            if tpos:
+                self._teacher_positives()
             if self.cfg.student.mode == "query_side":
                 from retrieval_distill.distill.query_side import train_query_side
 
@@ -292,6 +407,10 @@ class Pipeline:
 
             coll = self.collection("train")
             cands = read_run(self.path("candidates", "train.trec"))
+            if tpos:  # the relabelled positives; lists without the source documents
+                relabelled = load_collection(self.path("queries", "teacher-positives"), split="train")
+                coll = relabelled.subset([q for q in coll.queries if q in relabelled.queries], name=f"{coll.name} (teacher positives)")
+                cands = read_run(self.path("queries", "teacher-positives", "candidates.trec"))
             scores = scores_dict(self.path("teacher", "scores", "train"))
             ex = build_examples(
                 coll, list(coll.queries), {q: list(r) for q, r in cands.items()}, scores,
@@ -302,12 +421,15 @@ class Pipeline:
             train_student(self.cfg.train, ex, out, card={
                 "teacher": manifest.get("teacher_name"), "teacher_spec": manifest.get("teacher"),
                 "teacher_fingerprint": manifest.get("teacher_fingerprint"),
-                "data": {"dataset": self.cfg.dataset, "split": "train minus dev", "queries": len(coll.queries)},
+                "data": {"dataset": self.cfg.dataset, "split": "train minus dev", "queries": len(coll.queries),
+                         **({"synthetic": self.cfg.queries.model_dump()} if self.synthetic else {})},
             })
 
         inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
         if self.cfg.student.mode != "two_tower":  # older stamps (two_tower) stay valid
             inputs["student"] = self.cfg.student.model_dump()
+        if self.synthetic:
+            inputs["positive"] = self.cfg.queries.positive
         self.run_stage("train", inputs, [out / "training_card.json"], go)
 
     def index(self) -> None:
@@ -358,13 +480,14 @@ class Pipeline:
             store = IndexStore(self.path("index", self.cfg.index.factories[0].lower()))
             searcher = DenseSearcher(store.current(), self._student_encoder())
             tables = {}
-            for split in ("dev", "test"):
+            last = self.splits_used()[-1]  # test, or dev for a dataset without a test split
+            for split in self.splits_used()[1:]:
                 coll = self.collection(split)
                 res = searcher.batch_search(coll.queries, k=self.cfg.candidates.dense_k)
                 write_run(self.path("runs", f"student.{split}.trec"), {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="student")
                 runs = {s: read_run(self.path("runs", f"{s}.{split}.trec")) for s in SYSTEMS}
                 tables[split] = {s: evaluate(coll.qrels, r, ec.metrics) for s, r in runs.items()}
-                if split == "test":
+                if split == last:
                     cmp = compare(coll.qrels, runs, baseline="init", metrics=ec.metrics, out_png=report_md.with_suffix(".png"))
             result.update(self._write_report(tables, cmp, report_md))
 
@@ -403,7 +526,7 @@ class Pipeline:
             + (f"; epoch {sel.get('epoch'):g} kept (best dev nDCG@10, {sel.get('dev_ndcg@10', 0):.4f})" if sel else "")
             + ". Stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in data["stage_seconds"].items()) + "."
         )
-        sections["Significance on test vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
+        sections[f"Significance on {self.splits_used()[-1]} vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
         write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
                      sections=sections, command=command, commit=commit, data=data)
         return data
@@ -431,13 +554,28 @@ class Pipeline:
         test = self.collection("test")
         if not test.corpus:
             raise ValueError(f"{self.cfg.dataset}: the corpus has no documents")
-        for split, coll in ((self.cfg.splits.train, load_collection(self.cfg.dataset, split=self.cfg.splits.train)),
-                            (self.cfg.splits.test, test)):
+        if not self.has_test and not (self.synthetic and self._corpus_only()):
+            raise ValueError(f"{self.cfg.dataset}: split {self.cfg.splits.test!r} has no judged queries (qrels with grade >= 1)")
+        if self.synthetic and self.cfg.queries.max_docs is not None and self.cfg.queries.max_docs < 4:
+            raise ValueError(f"queries.max_docs {self.cfg.queries.max_docs}: carving a dev split needs queries from at least 4 documents")
+        checks = [] if self.synthetic else [(self.cfg.splits.train, load_collection(self.cfg.dataset, split=self.cfg.splits.train))]
+        if self.has_test:
+            checks.append((self.cfg.splits.test, test))
+        for split, coll in checks:
             if not coll.judged_qids():
                 raise ValueError(f"{self.cfg.dataset}: split {split!r} has no judged queries (qrels with grade >= 1)")
             if split == self.cfg.splits.train and len(coll.judged_qids()) // 4 < 1:
                 raise ValueError(f"{self.cfg.dataset}: split {split!r} has {len(coll.judged_qids())} judged queries; "
                                  "carving a dev split needs at least 4")
+
+    def _corpus_only(self) -> bool:
+        """Whether the dataset is a folder (or local id) with no qrels at all: a user's own
+        corpus, trained on synthetic queries and reported on dev only."""
+        from retrieval_distill.data.collections import find_local
+
+        p = Path(self.cfg.dataset)
+        folder = p if p.is_dir() else (find_local(self.cfg.dataset) or (None,))[0]
+        return folder is not None and not any(Path(folder, "qrels").glob("*.tsv"))
 
     def _preflight_settings(self) -> dict[str, str]:
         """The settings a later stage would reject: loss names and options for the student
@@ -485,7 +623,9 @@ class Pipeline:
         t0 = time.time()
         if preflight:
             self.preflight()
-        steps = [self.splits, self.bm25, self.init, self.candidates, self.teacher, self.train, self.index, self.evaluate]
+        if not self.has_test:
+            self.echo(f"{self.cfg.dataset}: no judged queries (corpus only): training on synthetic queries, reported on dev")
+        steps = [self.queries, self.splits, self.bm25, self.init, self.candidates, self.teacher, self.train, self.index, self.evaluate]
         result = {}
         for name, step in zip(self.STAGES, steps):
             r = step()
@@ -497,7 +637,7 @@ class Pipeline:
         self.echo("\nstage wall times: " + ", ".join(f"{k} {v:.1f}s" + (" (skipped)" if k in self.skipped else "") for k, v in self.timings.items()))
         self.echo(f"total wall time: {total:.1f} s")
         if result:
-            self.echo("\n" + _report_section(Path(self.cfg.eval.report), _table_heading(self.cfg.name, "test")))
+            self.echo("\n" + _report_section(Path(self.cfg.eval.report), _table_heading(self.cfg.name, self.splits_used()[-1])))
             self.echo(f"\nreport: {self.cfg.eval.report} (dev table, significance tests, stage times)")
         return result
 

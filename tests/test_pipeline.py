@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,8 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     # a second run finds every stage up to date
     again = Pipeline(load_config(cfg_path), echo=lines.append)
     again.run()
-    assert again.skipped == set(Pipeline.STAGES)
+    # every stage but `queries` (the dataset has training queries: no synthetic ones are made)
+    assert again.skipped == set(Pipeline.STAGES) - {"queries"} and "queries" not in again.timings
     # changing the training config reruns train and everything after it, not before
     cfg2 = load_config(cfg_path)
     cfg2.train.lr = 3e-5
@@ -153,6 +155,11 @@ def _adi_cfg(dataset, tmp_path, **over):
         (lambda c, t: c["teacher"].update(members=[]), ValueError, "teacher.members is empty"),
         (lambda c, t: c["teacher"].update(normalization="zscor"), ValueError, "teacher.normalization 'zscor'"),
         (lambda c, t: c.update(eval={"metrics": ["ndgc@10"], "report": str(t / "r.md")}), ValueError, "ndgc@10"),
+        # a typo in the test split of a dataset that has qrels is not a corpus-only dataset
+        (lambda c, t: c.update(splits={"test": "tset", "dev_size": 5}), ValueError, "split 'tset' has no judged queries"),
+        (lambda c, t: c.update(queries={"source": "dataset"}, splits={"train": "trian", "dev_size": 5}),
+         Exception, "trian"),
+        (lambda c, t: c.update(queries={"source": "synthetic", "max_docs": 3}), ValueError, "queries.max_docs 3"),
     ],
 )
 def test_bad_pipeline_inputs_fail_before_any_stage(adi_split, tmp_path, edit, error, message):
@@ -184,3 +191,74 @@ def test_unknown_config_option_is_refused(tmp_path):
     p.write_text(yaml.safe_dump({**base, "splits": {"dev_size": 0}}))
     with pytest.raises(ValueError, match="dev_size"):
         load_config(p)
+
+
+def test_queries_config_is_checked():
+    from retrieval_distill.config import QueriesConfig
+
+    with pytest.raises(ValueError, match="queries.kinds"):
+        QueriesConfig(kinds=["titel"])
+    with pytest.raises(ValueError, match="needs queries.source synthetic"):
+        QueriesConfig(source="dataset", positive="teacher")
+
+
+def test_corpus_only_folder_end_to_end_and_served(tmp_path):
+    """A folder holding only ``corpus.jsonl`` (ADI's 82 documents): the `queries` stage makes
+    synthetic queries, the teacher relabels their positives, the query-side student trains,
+    the index is built, the report is on dev (there is no test split), and the service
+    answers from the pipeline's index with the student as query encoder."""
+    from fastapi.testclient import TestClient
+
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.pipeline import Pipeline
+    from services.search_api import ServiceSettings, create_app
+
+    corpus = tmp_path / "mycorpus"
+    corpus.mkdir()
+    (corpus / "corpus.jsonl").symlink_to(ADI / "corpus.jsonl")
+    cfg = _adi_cfg(corpus, tmp_path, queries={"positive": "teacher"}, splits={"dev_size": 20, "seed": 1},
+                   candidates={"bm25_k": 20, "dense_k": 20, "train_k": 5}, student={"mode": "query_side"},
+                   train={"losses": [{"name": "corpus_infonce"}, {"name": "listwise_kl", "options": {"student_temperature": 0.05}}],
+                          "epochs": 1, "batch_size": 16, "max_seq_length": 64, "lr": 1e-4},
+                   index={"factories": ["Flat"]})
+    lines: list[str] = []
+    pipe = Pipeline(PipelineConfig(**cfg), echo=lines.append)
+    result = pipe.run()
+    work = tmp_path / "work"
+    assert pipe.synthetic and not pipe.has_test and pipe.splits_used() == ("train", "dev")
+    assert any("no judged queries (corpus only)" in line for line in lines)
+    synth = json.loads((work / "queries" / "synth" / "synth.json").read_text())
+    assert synth["stats"]["documents"] == 82 and synth["stats"]["queries"] > 200
+    # train_k: the training lists are BM25 top-5 ∪ init top-5 ∪ the source document
+    from retrieval_distill.evaluation.runs import read_run
+
+    train_cands = read_run(work / "candidates" / "train.trec")
+    assert max(len(r) for r in train_cands.values()) <= 11 and not (work / "runs" / "bm25.test.trec").exists()
+    # teacher positives: the source document is never the positive, and not a candidate
+    from retrieval_distill.data.collections import load_qrels
+
+    source = load_qrels(work / "queries" / "synth" / "qrels" / "train.tsv")
+    relabelled = load_qrels(work / "queries" / "teacher-positives" / "qrels" / "train.tsv")
+    assert len(relabelled) >= 0.9 * len(source)
+    assert all(not set(r) & set(source[q]) for q, r in relabelled.items())
+    card = json.loads((work / "models" / "student" / "training_card.json").read_text())
+    assert card["mode"] == "query_side" and card["documents_encoded"] == 0
+    assert card["data"]["collection"] == str(work / "queries" / "teacher-positives")
+    dev_n = len(json.loads((work / "splits.json").read_text())["dev"])
+    assert dev_n == 20 and set(result) >= {"dev", "significance_vs_init"} and "test" not in result
+    assert result["dev"]["student"]["n_judged"] <= dev_n and 0.0 <= result["dev"]["student"]["ndcg@10"] <= 1.0
+    report = (tmp_path / "report.md").read_text()
+    assert "## adi dev (" in report and "Significance on dev vs the student init" in report
+    assert lines[-2].startswith("\n## adi dev (")
+
+    with TestClient(create_app(ServiceSettings(_env_file=None, index_root=work / "index" / "flat"))) as c:
+        for _ in range(400):
+            st = c.get("/readyz").json()["modes"]["symmetric"]
+            if st["loaded"] or st["error"]:
+                break
+            time.sleep(0.05)
+        assert st["loaded"], st
+        r = c.post("/search", json={"query": "information retrieval indexing", "k": 3})
+        assert r.status_code == 200 and len(r.json()["hits"]) == 3
+        # the manifest names the student as the query encoder (path cut to its last part without the key)
+        assert c.get("/index").json()["modes"]["symmetric"]["manifest"]["query_encoder"]["name"] == "student"

@@ -355,8 +355,8 @@ def synth_corpus(
 
 def teacher_positives(
     synth_dir: str | os.PathLike,
-    candidates: str | os.PathLike,
-    scores: str | os.PathLike,
+    candidates: str | os.PathLike | list[str | os.PathLike],
+    scores: str | os.PathLike | list[str | os.PathLike],
     out_dir: str | os.PathLike,
     split: str = "train",
 ) -> dict:
@@ -374,8 +374,10 @@ def teacher_positives(
     Args:
         synth_dir: a ``rd queries synth`` folder (``queries.jsonl``, ``corpus.jsonl``,
             ``qrels/<split>.tsv`` naming each query's source documents).
-        candidates: the synthetic queries' candidates (TREC run or any ``rd teacher score`` input).
-        scores: the teacher's complete score folder over those candidates.
+        candidates: the synthetic queries' candidates (TREC run or any ``rd teacher score``
+            input), or a list of them (e.g. the train and dev lists of a pipeline; merged).
+        scores: the teacher's complete score folder over those candidates, or a list of
+            folders (merged).
         out_dir: written: ``queries.jsonl`` and ``corpus.jsonl`` (links to ``synth_dir``'s
             targets), ``qrels/<split>.tsv`` (one positive per query, grade 1) and
             ``candidates.trec`` (the lists without the sources), each atomically.
@@ -400,8 +402,12 @@ def teacher_positives(
     if not qrels_path.is_file():
         raise FileNotFoundError(f"{qrels_path}: no qrels in the synthetic folder")
     source = {q: {d for d, g in row.items() if g > 0} for q, row in load_qrels(qrels_path).items()}
-    cands = read_candidates(candidates).pairs
-    sc = scores_dict(scores)
+    cands: dict[str, list[str]] = {}
+    for c in candidates if isinstance(candidates, list) else [candidates]:
+        cands.update(read_candidates(c).pairs)
+    sc: dict[str, dict[str, float]] = {}
+    for f in scores if isinstance(scores, list) else [scores]:
+        sc.update(scores_dict(f))
     relabelled: dict[str, dict[str, float]] = {}
     qrels_rows = ["query-id\tcorpus-id\tscore"]
     counts = {"queries": 0, "dropped_pairs": 0, "no_candidates": 0}
@@ -424,5 +430,6 @@ def teacher_positives(
         _link_atomic(out / name, src_dir / name)
     write_text_atomic(out / "qrels" / f"{split}.tsv", "\n".join(qrels_rows) + "\n")
     write_run(out / "candidates.trec", relabelled, tag="teacher-positives")
-    write_json_atomic(out / "teacher_positives.json", {"synth": str(src_dir), "candidates": str(candidates), "scores": str(scores), **counts})
+    names = lambda x: [str(p) for p in x] if isinstance(x, list) else str(x)  # noqa: E731
+    write_json_atomic(out / "teacher_positives.json", {"synth": str(src_dir), "candidates": names(candidates), "scores": names(scores), **counts})
     return counts
