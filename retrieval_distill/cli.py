@@ -42,14 +42,17 @@ def pipeline_cmd(
     profile: str = typer.Option(None, help="profile of the config to apply (quick, full)"),
     force: list[str] = typer.Option([], help="rerun this stage even if up to date (repeatable)"),
     until: str = typer.Option(None, help="stop after this stage"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key after the profile: "
+                                   "KEY=VALUE, dotted keys, YAML values (--set dataset=my-corpus/ --set train.epochs=2)"),
 ):
-    """Run every stage (splits, bm25, init, candidates, teacher, train, index, eval); skip those
-    whose outputs exist and match their inputs; print stage wall times and the metrics table."""
+    """Run every stage (queries, splits, bm25, init, candidates, teacher, train, index, eval);
+    skip those whose outputs exist and match their inputs; print stage wall times and the
+    metrics table."""
     from retrieval_distill.pipeline import Pipeline
     from retrieval_distill.config import load_config
 
     try:
-        cfg = load_config(config, profile)
+        cfg = load_config(config, profile, overrides=set_)
     except (FileNotFoundError, KeyError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -45,24 +45,67 @@ class CandidateConfig(_Strict):
     bm25_b: float = 0.4
 
 
-class TeacherConfig(_Strict):
-    """The teacher: an ensemble of ``members`` normalised per query, weights chosen on dev
-    from ``weight_grid`` (each member's weight takes a value from the grid)."""
+class TeacherChoice(_Strict):
+    """One candidate teacher: an ensemble of ``members`` normalised per query, weights chosen
+    on dev from ``weight_grid`` (each member's weight takes a value from the grid; ``[1.0]``
+    = equal weights, nothing fitted)."""
 
-    members: list[TeacherSpec]
+    name: str | None = None
+    members: list[TeacherSpec] = Field(default_factory=list)
     normalization: str = "zscore"
     weight_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    shard_queries: int = 64
 
     @model_validator(mode="after")
     def _check(self):
         from retrieval_distill.teachers.ensemble import NORMALIZATIONS
 
-        if not self.members:
-            raise ValueError("teacher.members is empty: name at least one teacher")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"teacher.normalization {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
+        if any(w < 0 for w in self.weight_grid) or not any(w > 0 for w in self.weight_grid):
+            raise ValueError(f"teacher.weight_grid {self.weight_grid}: weights >= 0, at least one > 0")
         return self
+
+
+class TeacherConfig(TeacherChoice):
+    """The teacher (``teacher:`` in a pipeline config): one :class:`TeacherChoice` given
+    inline (``members:``...), or several under ``candidates:``, each fitted on dev (its
+    ensemble weights) and evaluated there (nDCG@10 of its reranking of the dev candidates);
+    the best is kept and every candidate's figure is recorded in ``teacher/ensemble.json``.
+
+    Attributes:
+        shard_queries: queries per score-file shard (the unit of resume).
+        candidates: the teachers to choose from (then ``members`` must be empty).
+    """
+
+    shard_queries: int = Field(64, ge=1)
+    candidates: list[TeacherChoice] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_choices(self):
+        if self.candidates and self.members:
+            raise ValueError("teacher: give `members` (one teacher) or `candidates` (several to choose from on dev), not both")
+        if not self.candidates and not self.members:
+            raise ValueError("teacher.members is empty: name at least one teacher")
+        for i, c in enumerate(self.candidates):
+            if not c.members:
+                raise ValueError(f"teacher.candidates[{i}].members is empty: name at least one teacher")
+        names = [c.name for c in self.choices()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher.candidates: names must differ, got {names}")
+        return self
+
+    def choices(self) -> list[TeacherChoice]:
+        """The candidate teachers, each with a name (``candidate-<i>`` when unnamed; an
+        inline teacher is ``ensemble``)."""
+        if not self.candidates:
+            return [TeacherChoice(name=self.name or "ensemble", members=self.members, normalization=self.normalization,
+                                  weight_grid=self.weight_grid)]
+        return [c.model_copy(update={"name": c.name or f"candidate-{i}"}) for i, c in enumerate(self.candidates)]
+
+    def stamp(self) -> dict:
+        """The settings that decide the teacher stage's outputs (``candidates`` left out when
+        unused, so stamps written before it existed stay valid)."""
+        return self.model_dump(exclude={"candidates", "name"} if not self.candidates else None)
 
 
 class QueriesConfig(_Strict):
@@ -144,6 +187,9 @@ class StudentConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """Metrics (ranx names) and the report path (``{work_dir}`` is replaced by the config's
+    ``work_dir``: ``{work_dir}/report.md`` keeps a user's run out of ``eval/reports``)."""
+
     metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"])
     report: str = "eval/reports/scifact.md"
 
@@ -165,6 +211,11 @@ class PipelineConfig(_Strict):
     index: IndexConfig = Field(default_factory=IndexConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="after")
+    def _report_path(self):
+        self.eval.report = self.eval.report.replace("{work_dir}", self.work_dir.rstrip("/"))
+        return self
+
 
 def deep_merge(base: dict, override: dict) -> dict:
     """Recursively merge ``override`` into a copy of ``base`` (lists are replaced)."""
@@ -177,12 +228,41 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path, profile: str | None = None) -> PipelineConfig:
-    """Read a YAML pipeline config and apply a profile.
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides (dotted keys into nested mappings, values parsed as
+    YAML: ``train.epochs=2``, ``dataset=my-corpus/``, ``index.factories=[Flat]``) to a copy
+    of ``raw``, as Hydra's command-line overrides do.
+
+    Raises:
+        ValueError: an item without ``=``, an empty key, or a key path through a non-mapping.
+    """
+    import yaml
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE (dotted keys: train.epochs=2)")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path, profile: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML pipeline config, apply a profile, then ``overrides`` (``KEY=VALUE``, see
+    :func:`apply_overrides`).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not valid YAML, or not a mapping.
+        ValueError: not valid YAML, or not a mapping; a malformed override.
         KeyError: an unknown profile (message lists the known ones).
         pydantic.ValidationError: a wrong key or value.
     """
@@ -197,4 +277,6 @@ def load_config(path: str | Path, profile: str | None = None) -> PipelineConfig:
             raise ValueError(f"{path}: profile {profile!r} must be a mapping of overrides, not {type(profiles[profile]).__name__}")
         raw = deep_merge(raw, profiles[profile])
         raw["profile"] = profile
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     return PipelineConfig.model_validate(raw)

@@ -227,8 +227,9 @@ class Pipeline:
             qe = enc.encode_queries([coll.queries[q] for q in qids])
             scores = qe @ emb.T
             run = {}
+            kk = min(k, len(docids))  # a corpus smaller than k: every document
             for i, q in enumerate(qids):
-                top = np.argpartition(-scores[i], k)[:k]
+                top = np.argpartition(-scores[i], kk if kk < len(docids) else kk - 1)[:kk]
                 run[q] = {docids[j]: float(scores[i, j]) for j in top}
             write_run(self.path("runs", f"{tag}.{split}.trec"), run, tag=tag)
 
@@ -279,19 +280,31 @@ class Pipeline:
             from retrieval_distill.teachers.base import TeacherSpec, build_teacher
             from retrieval_distill.teachers.scoring import score_candidates, scores_dict
 
-            members = [self._member_spec(m) for m in tc.members]
-            spec = TeacherSpec(kind="ensemble", members=members, normalization=tc.normalization, name="ensemble")
-            teacher = build_teacher(spec)
-            for m_t, m_spec in zip(teacher.members, members):
-                self._prime(m_t, m_spec)
             corpus = self.collection("test")
             doc_text = {d: corpus.doc_text(d) for d in corpus.corpus}
-            # 1. member weights chosen on dev (grid search by nDCG@10 over dev candidates)
             dev = self.collection("dev")
-            dev_cands = read_run(self.path("candidates", "dev.trec"))
-            fit = teacher.fit_weights(dev.qrels, {q: list(r) for q, r in dev_cands.items()}, dev.queries, doc_text, grid=tc.weight_grid)
-            write_json_atomic(self.path("teacher", "ensemble.json"), {"spec": teacher.spec.model_dump(), "dev_fit": fit})
-            self.echo(f"  teacher weights {fit['weights']} ({fit['metric']} on dev {fit['best']:.4f}; equal weights {fit['equal']:.4f})")
+            dev_cands = {q: list(r) for q, r in read_run(self.path("candidates", "dev.trec")).items()}
+            # 1. each candidate teacher: member weights chosen on dev (grid search by nDCG@10
+            #    over the dev candidates); the best candidate on dev is kept
+            tried = []
+            for choice in tc.choices():
+                members = [self._member_spec(m) for m in choice.members]
+                spec = TeacherSpec(kind="ensemble", members=members, normalization=choice.normalization, name=choice.name)
+                cand = build_teacher(spec)
+                for m_t, m_spec in zip(cand.members, members):
+                    self._prime(m_t, m_spec)
+                fit = cand.fit_weights(dev.qrels, dev_cands, dev.queries, doc_text, grid=choice.weight_grid)
+                self.echo(f"  teacher {choice.name}: weights {fit['weights']} ({fit['metric']} on dev {fit['best']:.4f}; "
+                          f"equal weights {fit['equal']:.4f})")
+                tried.append((fit["best"], choice.name, cand, fit))
+            best = max(range(len(tried)), key=lambda i: (tried[i][0], -i))  # ties: the first listed
+            _, name, teacher, fit = tried[best]
+            record = {"spec": teacher.spec.model_dump(), "dev_fit": fit}
+            if tc.candidates:
+                record["candidates"] = [{"name": n, "weights": f["weights"], f"dev_{f['metric']}": f["best"]} for _, n, _, f in tried]
+                record["chosen"] = name
+                self.echo(f"  teacher kept: {name} (best {fit['metric']} on dev of {len(tried)} candidates)")
+            write_json_atomic(self.path("teacher", "ensemble.json"), record)
             # 2. the score file for every split; teacher runs (reranked candidates) for dev/test
             for split in self.splits_used():
                 coll = self.collection(split)
@@ -301,7 +314,7 @@ class Pipeline:
                 if split != "train":
                     write_run(self.path("runs", f"teacher.{split}.trec"), scores_dict(out_dir), tag="teacher")
 
-        inputs = {"teacher": tc.model_dump(), "candidates": self._stamp_fp("candidates")}
+        inputs = {"teacher": tc.stamp(), "candidates": self._stamp_fp("candidates")}
         self.run_stage("teacher", inputs, outs, go)
 
     def _member_spec(self, m):
@@ -320,11 +333,14 @@ class Pipeline:
             docids, emb = self._embeddings(spec.model, name)
             teacher.set_document_embeddings(docids, emb)
 
-    def _query_side_job(self, out: Path):
-        """The :class:`~retrieval_distill.distill.cli.StudentJob` of ``student.mode: query_side``:
-        train minus dev, the init's corpus embeddings as the frozen documents, the teacher's
-        train scores when a loss needs them, dev = the carved split, best epoch kept."""
-        from retrieval_distill.distill.cli import DevSpec, StudentJob
+    def _student_job(self, out: Path):
+        """The :class:`~retrieval_distill.distill.job.StudentJob` of the ``train`` stage, run by
+        :func:`~retrieval_distill.distill.job.train_from_config` (the path ``rd student
+        train`` takes too). Train minus dev of :meth:`_train_folder`; ``two_tower``: the
+        train candidates (the relabelled lists for teacher positives) and the teacher's
+        train scores; ``query_side``: the init's corpus embeddings as the frozen documents,
+        the teacher's scores when a loss needs them, dev = the carved split, best epoch kept."""
+        from retrieval_distill.distill.job import DevSpec, StudentJob
         from retrieval_distill.distill.query_side import TEACHER_TERMS, QuerySideSpec
 
         sp = json.loads(self.path("splits.json").read_text())
@@ -336,14 +352,17 @@ class Pipeline:
         dev_qids = self.path("splits", "dev.qids")
         dev_qids.parent.mkdir(parents=True, exist_ok=True)
         dev_qids.write_text("".join(q + "\n" for q in dev))
-        job = {
-            "mode": "query_side", "collection": coll, "split": split,
-            "exclude_qids_file": str(dev_qids), "output": str(out), "train": self.cfg.train,
-            "query_side": QuerySideSpec(documents=str(self.path("embeddings", "init")), **self.cfg.student.query_side),
-            "dev": DevSpec(collection=coll, split=split, qids_file=str(dev_qids),
-                           metrics=list(self.cfg.eval.metrics), each_epoch=True, keep="best"),
-        }
-        if any(l.name in TEACHER_TERMS for l in self.cfg.train.losses):
+        job = {"mode": self.cfg.student.mode, "collection": coll, "split": split,
+               "exclude_qids_file": str(dev_qids), "output": str(out), "train": self.cfg.train}
+        if self.cfg.student.mode == "two_tower":
+            tpos = self.synthetic and self.cfg.queries.positive == "teacher"
+            job["candidates"] = str(self.path("queries", "teacher-positives", "candidates.trec") if tpos
+                                    else self.path("candidates", "train.trec"))
+        else:
+            job["query_side"] = QuerySideSpec(documents=str(self.path("embeddings", "init")), **self.cfg.student.query_side)
+            job["dev"] = DevSpec(collection=coll, split=split, qids_file=str(dev_qids),
+                                 metrics=list(self.cfg.eval.metrics), each_epoch=True, keep="best")
+        if self.cfg.student.mode == "two_tower" or any(l.name in TEACHER_TERMS for l in self.cfg.train.losses):
             manifest = json.loads(self.path("teacher", "scores", "train", "manifest.json").read_text())
             job.update(scores=str(self.path("teacher", "scores", "train")), teacher=manifest.get("teacher_name"),
                        teacher_fingerprint=manifest.get("teacher_fingerprint"))
@@ -384,46 +403,23 @@ class Pipeline:
 
     def train(self) -> None:
         out = self.path("models", "student")
-
         tpos = self.synthetic and self.cfg.queries.positive == "teacher"
 
         def go():
+            from retrieval_distill.distill.job import train_from_config
+
             if tpos:
                 self._teacher_positives()
+            train_from_config(self._student_job(out))
+            card = json.loads((out / "training_card.json").read_text())
             if self.cfg.student.mode == "query_side":
-                from retrieval_distill.distill.query_side import train_query_side
-
-                train_query_side(self._query_side_job(out))
-                card = json.loads((out / "training_card.json").read_text())
                 sel = card.get("dev_selected") or {}
                 self.echo(f"  query-side student: {card.get('examples')} training queries, documents encoded "
                           f"{card.get('documents_encoded')}, dev-selected epoch {sel.get('epoch')} "
                           f"(dev nDCG@10 {sel.get('dev_ndcg@10', float('nan')):.4f}), {card.get('train_seconds')} s")
-                return
-            from retrieval_distill.distill.data import build_examples
-            from retrieval_distill.distill.train import train_student
-            from retrieval_distill.evaluation.runs import read_run
-            from retrieval_distill.teachers.scoring import scores_dict
-
-            coll = self.collection("train")
-            cands = read_run(self.path("candidates", "train.trec"))
-            if tpos:  # the relabelled positives; lists without the source documents
-                relabelled = load_collection(self.path("queries", "teacher-positives"), split="train")
-                coll = relabelled.subset([q for q in coll.queries if q in relabelled.queries], name=f"{coll.name} (teacher positives)")
-                cands = read_run(self.path("queries", "teacher-positives", "candidates.trec"))
-            scores = scores_dict(self.path("teacher", "scores", "train"))
-            ex = build_examples(
-                coll, list(coll.queries), {q: list(r) for q, r in cands.items()}, scores,
-                n_negatives=self.cfg.train.n_negatives, negative_depth=self.cfg.train.negative_depth, seed=self.cfg.train.seed,
-            )
-            self.echo(f"  {len(ex)} training examples from {len(coll.queries)} queries")
-            manifest = json.loads(self.path("teacher", "scores", "train", "manifest.json").read_text())
-            train_student(self.cfg.train, ex, out, card={
-                "teacher": manifest.get("teacher_name"), "teacher_spec": manifest.get("teacher"),
-                "teacher_fingerprint": manifest.get("teacher_fingerprint"),
-                "data": {"dataset": self.cfg.dataset, "split": "train minus dev", "queries": len(coll.queries),
-                         **({"synthetic": self.cfg.queries.model_dump()} if self.synthetic else {})},
-            })
+            else:
+                self.echo(f"  two-tower student: {card.get('examples')} training examples from "
+                          f"{card.get('data', {}).get('queries')} queries, {card.get('steps')} steps, {card.get('train_seconds')} s")
 
         inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
         if self.cfg.student.mode != "two_tower":  # older stamps (two_tower) stay valid
@@ -482,7 +478,7 @@ class Pipeline:
             tables = {}
             last = self.splits_used()[-1]  # test, or dev for a dataset without a test split
             for split in self.splits_used()[1:]:
-                coll = self.collection(split)
+                coll = self._eval_collection(split)
                 res = searcher.batch_search(coll.queries, k=self.cfg.candidates.dense_k)
                 write_run(self.path("runs", f"student.{split}.trec"), {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="student")
                 runs = {s: read_run(self.path("runs", f"{s}.{split}.trec")) for s in SYSTEMS}
@@ -496,6 +492,17 @@ class Pipeline:
         if not result:
             result.update(json.loads(report_md.with_suffix(".json").read_text()))
         return result
+
+    def _eval_collection(self, split: str) -> Collection:
+        """The queries and qrels a split is reported on. Dev of teacher-relabelled synthetic
+        queries uses the relabelled qrels (the teacher's top candidate other than the source
+        document: what the student trained and was selected for); with the source documents
+        as qrels, dev would reward copying the query's words (BM25 scores 1.0)."""
+        coll = self.collection(split)
+        if split == "dev" and self.synthetic and self.cfg.queries.positive == "teacher":
+            relabelled = load_collection(self.path("queries", "teacher-positives"), split="train")
+            coll = relabelled.subset([q for q in coll.queries if q in relabelled.queries], name=f"{coll.name} (teacher positives)")
+        return coll
 
     def _write_report(self, tables, cmp, report_md: Path) -> dict:
         from retrieval_distill.evaluation.metrics import format_table
@@ -518,6 +525,16 @@ class Pipeline:
             _table_heading(self.cfg.name, split, t["student"].n_judged): format_table(t, metrics) for split, t in tables.items()
         }
         st, sel = data["student"], data["student"]["dev_selected"] or {}
+        if self.synthetic:
+            qc = self.cfg.queries
+            sections["Training queries"] = (
+                f"Synthetic: {qc.kinds} queries made from {qc.max_docs or 'all'} documents of the corpus (seed {qc.seed}); "
+                "dev is carved from them and its relevant document is "
+                + ("the teacher's top candidate other than the query's source document" if qc.positive == "teacher"
+                   else "the query's source document")
+                + (". Test is the dataset's real queries, never seen in training." if self.has_test
+                   else ". There is no judged test split: dev measures agreement with the teacher, not quality.")
+            )
         sections["Student"] = (
             f"Mode `{st['mode']}`"
             + (" (only the query tower trained, against the init's corpus vectors; the index holds those same vectors)"
@@ -548,9 +565,11 @@ class Pipeline:
         models = {self.cfg.student_init: "student_init", self.cfg.train.init: "train.init", **self._preflight_settings()}
         for model, where in models.items():
             try:
-                resolve_model(model)
+                folder = Path(resolve_model(model))
             except ModelNotFoundError as e:
                 raise ModelNotFoundError(f"{where}: {e}") from None
+            if folder.is_dir() and not any((folder / f).is_file() for f in ("config.json", "modules.json")):
+                raise ModelNotFoundError(f"{where}: {model}: a folder, but not a model (no config.json or modules.json)")
         test = self.collection("test")
         if not test.corpus:
             raise ValueError(f"{self.cfg.dataset}: the corpus has no documents")
@@ -612,8 +631,10 @@ class Pipeline:
             for i, m in enumerate(spec.members):
                 walk(m, f"{where}.members[{i}]")
 
-        for i, m in enumerate(self.cfg.teacher.members):
-            walk(m, f"teacher.members[{i}]")
+        tc = self.cfg.teacher
+        for j, choice in enumerate(tc.choices()):
+            for i, m in enumerate(choice.members):
+                walk(m, f"teacher.candidates[{j}].members[{i}]" if tc.candidates else f"teacher.members[{i}]")
         parse_metrics(self.cfg.eval.metrics)
         return models
 

@@ -12,7 +12,11 @@ import torch
 from retrieval_distill.distill.data import TrainingDataError, build_examples
 from retrieval_distill.distill.losses import (
     LOSSES,
+    AdaptiveMarginLoss,
     CombinedLoss,
+    ContrastiveKDLoss,
+    InBatchKDLoss,
+    RKDLoss,
     DistillLoss,
     InfoNCELoss,
     LEAFAlignmentLoss,
@@ -44,10 +48,11 @@ Q, P2 = [1.0, 0.0], [[1.0, 0.0], [0.0, 1.0]]
 
 
 def test_registry_names():
-    assert set(LOSSES) == {"margin_mse", "listwise_kl", "pairwise", "infonce", "leaf"}
+    assert set(LOSSES) == {"margin_mse", "listwise_kl", "pairwise", "infonce", "leaf", "adaptive_margin", "inbatch_kd",
+                           "rkd", "contrastive_kd"}
     for cls in LOSSES.values():
         assert issubclass(cls, DistillLoss)
-        cite = cls(_NoModel(), **({"teacher_dim": 2} if cls is LEAFAlignmentLoss else {})).citation
+        cite = cls(_NoModel(), **({"teacher_dim": 2} if getattr(cls, "teacher_embeddings", False) else {})).citation
         assert re.search(r"(19|20)\d\d", cite), cite
 
 
@@ -323,3 +328,89 @@ def test_train_student_smoke(tmp_path, adi):
     trained.max_seq_length = 64
     after = total_loss(trained)
     assert after < before, (before, after)
+
+
+def test_adaptive_margin_hand_case():
+    # q = (1, 0); p+ = (1, 0); negatives (0, 1) and (0.6, 0.8).
+    # margins: cos(q,p+) - cos(q,p-) = 1 - 0 = 1 and 1 - 0.6 = 0.4
+    # targets: cos(p+,p-)/2 + 1/2 = 0.5 and 0.6/2 + 0.5 = 0.8
+    # l2: mean((1 - 0.5)^2, (0.4 - 0.8)^2) = mean(0.25, 0.16) = 0.205; l1: mean(0.5, 0.4) = 0.45
+    q, p = _qp(Q, P2 + [[0.6, 0.8]])
+    assert AdaptiveMarginLoss(_NoModel()).compute(q, p).item() == pytest.approx(0.205, abs=1e-12)
+    assert AdaptiveMarginLoss(_NoModel(), error="l1").compute(q, p).item() == pytest.approx(0.45, abs=1e-12)
+    # cosine, not dot: scaling every vector leaves the loss unchanged
+    q2, p2 = _qp([3.0, 0.0], [[2.0, 0.0], [0.0, 5.0], [1.2, 1.6]])
+    assert AdaptiveMarginLoss(_NoModel()).compute(q2, p2).item() == pytest.approx(0.205, abs=1e-12)
+    with pytest.raises(TrainingDataError, match="at least one negative"):
+        AdaptiveMarginLoss(_NoModel()).compute(*_qp(Q, [[1.0, 0.0]]))
+    with pytest.raises(ValueError, match="'l1' or 'l2'"):
+        AdaptiveMarginLoss(_NoModel(), error="huber")
+    assert AdaptiveMarginLoss.needs_labels is False
+
+
+def test_inbatch_kd_hand_case_and_cross_pairs():
+    # one query, passages (1,0), (0,1): student scores (1, 0); the teacher's vectors of the
+    # query and both passages are (1,0): teacher scores (1, 1) -> uniform target.
+    # tau 1: p_s = (e, 1) / (e + 1); KL = 0.5 ln(0.5 / p_s0) + 0.5 ln(0.5 / p_s1)
+    q, p = _qp(Q, P2)
+    t = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]], dtype=torch.float64)
+    loss = InBatchKDLoss(_NoModel(), teacher_dim=2, teacher_temperature=1, student_temperature=1).compute(q, p, t)
+    e = math.e
+    ps = (e / (e + 1), 1 / (e + 1))
+    assert loss.item() == pytest.approx(0.5 * math.log(0.5 / ps[0]) + 0.5 * math.log(0.5 / ps[1]), abs=1e-12)
+    # two queries: each is scored against all 4 passages of the batch (TCT-ColBERT's in-batch
+    # pairs); numpy softmax over the flattened passages gives the same value
+    rng = np.random.default_rng(0)
+    qs, ps_, ts = rng.normal(size=(2, 3)), rng.normal(size=(2, 2, 3)), rng.normal(size=(2, 3, 3))
+    got = InBatchKDLoss(_NoModel(), teacher_dim=3, teacher_temperature=0.5, student_temperature=0.2).compute(
+        torch.tensor(qs), torch.tensor(ps_), torch.tensor(ts)).item()
+    tn = ts / np.linalg.norm(ts, axis=-1, keepdims=True)
+    S = qs @ ps_.reshape(4, 3).T / 0.2
+    T = tn[:, 0] @ tn[:, 1:].reshape(4, 3).T / 0.5
+    logsm = lambda x: x - np.log(np.exp(x).sum(1, keepdims=True))  # noqa: E731
+    want = (np.exp(logsm(T)) * (logsm(T) - logsm(S))).sum(1).mean()
+    assert got == pytest.approx(want, abs=1e-10)
+    with pytest.raises(TrainingDataError, match="every text column"):
+        InBatchKDLoss(_NoModel(), teacher_dim=2).labels_for(torch.zeros(1, 3 + 2), 2)  # scores + the query's only
+
+
+def test_rkd_hand_case_and_invariance():
+    # student texts on a line (0,0), (1,0), (2,0); teacher (0,0), (1,0), (0,1).
+    # student distances 1, 2, 1 (pairs 01, 02, 12), mean over i != j = 4/3 -> 0.75, 1.5, 0.75
+    # teacher distances 1, 1, sqrt 2, mean (2 + sqrt 2)/3 -> each / mean
+    # Huber (beta 1) of the differences, mean over the 9 entries of the (3, 3) matrices
+    q, p = _qp([0.0, 0.0], [[1.0, 0.0], [2.0, 0.0]])
+    t = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    mu_t = (2 + math.sqrt(2)) / 3
+    diffs = (0.75 - 1 / mu_t, 1.5 - 1 / mu_t, 0.75 - math.sqrt(2) / mu_t)
+    want = 2 * sum(0.5 * d * d for d in diffs) / 9
+    got = RKDLoss(_NoModel(), teacher_dim=2, angle_weight=0).compute(q, p, t)
+    assert got.item() == pytest.approx(want, abs=1e-12)
+    # the angle at (1,0) between (0,0) and (2,0) is 180 degrees (cos -1); the teacher's is 45 (cos 1/sqrt 2)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    assert RKDLoss.angles(x)[1, 0, 2].item() == pytest.approx(-1.0)
+    assert RKDLoss.angles(t[0])[1, 0, 2].item() == pytest.approx(1 / math.sqrt(2))
+    # relational: a teacher that is the student rotated, scaled and moved gives loss 0 (dims may differ)
+    rng = np.random.default_rng(1)
+    qs, ps_ = rng.normal(size=(2, 3)), rng.normal(size=(2, 2, 3))
+    rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    texts = np.concatenate([qs[:, None], ps_], axis=1)
+    teacher = np.concatenate([3.0 * texts @ rot.T + 0.5, np.zeros((2, 3, 1))], axis=-1)  # 4-d teacher
+    zero = RKDLoss(_NoModel(), teacher_dim=4).compute(torch.tensor(qs), torch.tensor(ps_), torch.tensor(teacher))
+    assert zero.item() == pytest.approx(0.0, abs=1e-10)
+    with pytest.raises(ValueError, match="not both 0"):
+        RKDLoss(_NoModel(), teacher_dim=2, distance_weight=0, angle_weight=0)
+
+
+def test_contrastive_kd_hand_case():
+    # texts: the query (1,0) and its positive (0,1); teacher vectors the same. tau 1:
+    # logits [[1, 0], [0, 1]] -> each -log(e / (e + 1)) = ln(1 + 1/e)
+    q, p = _qp(Q, [[0.0, 1.0]])
+    t = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    loss = ContrastiveKDLoss(_NoModel(), teacher_dim=2, temperature=1.0).compute(q, p, t)
+    assert loss.item() == pytest.approx(math.log(1 + 1 / math.e), abs=1e-12)
+    # a teacher that swaps the two texts' vectors: the student now points at the wrong ones
+    swapped = ContrastiveKDLoss(_NoModel(), teacher_dim=2, temperature=1.0).compute(q, p, t.flip(1))
+    assert swapped.item() == pytest.approx(math.log(1 + math.e), abs=1e-12)
+    with pytest.raises(ValueError, match="temperature"):
+        ContrastiveKDLoss(_NoModel(), teacher_dim=2, temperature=0)

@@ -62,7 +62,7 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     ens = json.loads((work / "teacher" / "ensemble.json").read_text())
     assert len(ens["spec"]["weights"]) == 2 and sum(ens["spec"]["weights"]) > 0
     card = json.loads((work / "models" / "student" / "training_card.json").read_text())
-    assert card["teacher_fingerprint"] and card["steps"] > 0 and card["examples"] > 0
+    assert card["teacher"]["fingerprint"] and card["steps"] > 0 and card["examples"] > 0
     assert (work / "index" / "flat" / "CURRENT").exists() and (work / "index" / "hnsw32" / "CURRENT").exists()
     report = Path(tmp_path / "report.md").read_text()
     assert "nDCG@10" in report and "rd pipeline" in report
@@ -143,6 +143,8 @@ def _adi_cfg(dataset, tmp_path, **over):
         (lambda c, t: c["teacher"]["members"].append({"kind": "bi_encoder", "model": str(t / "no-such-model"), "name": "x"}),
          FileNotFoundError, "teacher.members[2] (x): model"),
         (lambda c, t: c.update(student_init=str(t / "missing-init")), FileNotFoundError, "student_init: model"),
+        (lambda c, t: (t / "notamodel").mkdir() or c.update(student_init=str(t / "notamodel")), FileNotFoundError,
+         "student_init: " + "{t}/notamodel: a folder, but not a model"),
         (lambda c, t: (t / "empty").mkdir() or (t / "empty" / "corpus.jsonl").write_text("") or c.update(dataset=str(t / "empty")),
          Exception, "empty corpus"),
         (lambda c, t: c.update(student={"mode": "query_side"}, train={"losses": [{"name": "corpus_infonse"}]}),
@@ -170,6 +172,7 @@ def test_bad_pipeline_inputs_fail_before_any_stage(adi_split, tmp_path, edit, er
 
     cfg = _adi_cfg(adi_split, tmp_path)
     edit(cfg, tmp_path)
+    message = message.replace("{t}", str(tmp_path))
     with pytest.raises(error, match=re.escape(message)):
         Pipeline(PipelineConfig(**cfg), echo=lambda *_: None).run()
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*"))
@@ -262,3 +265,60 @@ def test_corpus_only_folder_end_to_end_and_served(tmp_path):
         assert r.status_code == 200 and len(r.json()["hits"]) == 3
         # the manifest names the student as the query encoder (path cut to its last part without the key)
         assert c.get("/index").json()["modes"]["symmetric"]["manifest"]["query_encoder"]["name"] == "student"
+
+
+def test_set_overrides_and_work_dir_in_report_path(tmp_path):
+    """``rd pipeline CONFIG --set KEY=VALUE``: dotted keys, YAML values, applied after the
+    profile; a malformed override or one that breaks the config is one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from retrieval_distill.cli import app
+    from retrieval_distill.config import apply_overrides, load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"name": "a", "dataset": "x", "work_dir": "w", "teacher": {"members": [{"kind": "bm25"}]},
+                                 "eval": {"report": "{work_dir}/report.md"},
+                                 "profiles": {"quick": {"train": {"epochs": 3}}}}))
+    cfg = load_config(p, "quick", overrides=["dataset=my corpus/", "work_dir=work/mine", "train.epochs=2",
+                                             "index.factories=[Flat]", "queries.positive=teacher"])
+    assert cfg.dataset == "my corpus/" and cfg.train.epochs == 2 and cfg.index.factories == ["Flat"]
+    assert cfg.queries.positive == "teacher" and cfg.eval.report == "work/mine/report.md"
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=x: y"]) == {"a": {"b": 1, "c": {"x": "y"}}}
+    for bad, message in ((["epochs"], "expected KEY=VALUE"), (["name.x=1"], "name is not a mapping"), ([".a=1"], "expected KEY=VALUE")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_config(p, overrides=bad)
+    runner = CliRunner()
+    r = runner.invoke(app, ["pipeline", str(p), "--set", "train.epochz=2"])
+    assert r.exit_code == 2 and "epochz" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["pipeline", str(p), "--set", "train.epochs"])
+    assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+
+
+def test_teacher_candidates_best_on_dev_is_kept(adi_split, tmp_path):
+    """``teacher.candidates``: each candidate teacher is fitted and evaluated on dev, the best
+    is kept and used for the score files, every candidate's figure is recorded."""
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.pipeline import Pipeline
+
+    bm25 = {"kind": "bm25", "name": "bm25"}
+    minilm = {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "name": "minilm"}
+    cfg = _adi_cfg(adi_split, tmp_path, candidates={"bm25_k": 20, "dense_k": 20},
+                   teacher={"candidates": [{"name": "bm25-only", "members": [bm25], "weight_grid": [1.0]},
+                                           {"name": "bm25+minilm", "members": [bm25, minilm], "weight_grid": [0.0, 0.5, 1.0]}]})
+    lines: list[str] = []
+    Pipeline(PipelineConfig(**cfg), echo=lines.append).run(until="teacher")
+    rec = json.loads((tmp_path / "work" / "teacher" / "ensemble.json").read_text())
+    figures = {c["name"]: c["dev_ndcg@10"] for c in rec["candidates"]}
+    assert set(figures) == {"bm25-only", "bm25+minilm"}
+    assert rec["chosen"] == max(figures, key=lambda n: (figures[n], n == "bm25-only"))
+    assert rec["spec"]["name"] == rec["chosen"] and rec["dev_fit"]["best"] == figures[rec["chosen"]]
+    manifest = json.loads((tmp_path / "work" / "teacher" / "scores" / "test" / "manifest.json").read_text())
+    assert manifest["teacher_name"] == rec["chosen"]
+    assert any(line.startswith(f"  teacher kept: {rec['chosen']}") for line in lines)
+    # one teacher inline and a list at once, a candidate without members, duplicate names: refused
+    for teacher, message in (({"members": [bm25], "candidates": [{"members": [bm25]}]}, "not both"),
+                             ({"candidates": [{"name": "a", "members": []}]}, "candidates[0].members is empty"),
+                             ({"candidates": [{"name": "a", "members": [bm25]}, {"name": "a", "members": [minilm]}]}, "names must differ"),
+                             ({"members": [bm25], "weight_grid": [0.0]}, "at least one > 0")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            PipelineConfig(**_adi_cfg(adi_split, tmp_path, teacher=teacher))

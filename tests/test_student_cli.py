@@ -169,7 +169,7 @@ def test_dev_ndcg_evaluated_each_epoch(scored, tmp_path):
     epochs; the card's figures equal a fresh evaluation of the saved model on the same dev set."""
     from sentence_transformers import SentenceTransformer
 
-    from retrieval_distill.distill.cli import DevSpec, dev_evaluator
+    from retrieval_distill.distill.job import DevSpec, dev_evaluator
 
     dev = {"collection": str(ADI), "split": "test", "each_epoch": True, "metrics": ["ndcg@10"]}
     cfg = _config(
@@ -207,7 +207,7 @@ def test_dev_keep_best_saves_the_best_epoch(scored, tmp_path):
     init), the card names it, and a fresh evaluation of the folder reproduces its figure."""
     from sentence_transformers import SentenceTransformer
 
-    from retrieval_distill.distill.cli import DevSpec, dev_evaluator
+    from retrieval_distill.distill.job import DevSpec, dev_evaluator
 
     dev = {"collection": str(ADI), "split": "test", "each_epoch": True, "keep": "best", "metrics": ["ndcg@10"]}
     cfg = _config(
@@ -253,7 +253,7 @@ def test_bad_dev_input_and_stale_checkpoints_refused_before_training(scored, tmp
     ckpt = tmp_path / "student.ckpt"
     (ckpt / "checkpoint-2").mkdir(parents=True)
     cfg = _config(scored, tmp_path)
-    from retrieval_distill.distill.cli import load_job
+    from retrieval_distill.distill.job import load_job
 
     other = load_job(cfg).train.model_copy(update={"lr": 1e-3}).model_dump()
     (ckpt / "run.json").write_text(json.dumps({"config": other, "keep_best": False, "evaluator": None, "examples": "x"}))
@@ -265,7 +265,7 @@ def test_bad_dev_input_and_stale_checkpoints_refused_before_training(scored, tmp
 def test_leaf_targets_read_from_an_encoding_folder(adi, tmp_path):
     """leaf.embeddings: document texts take the folder's vectors (no encoding), texts it does
     not hold are encoded and counted, and a folder of other weights is refused."""
-    from retrieval_distill.distill.cli import _PreencodedDocuments
+    from retrieval_distill.distill.job import _PreencodedDocuments
     from retrieval_distill.index.build import encode_corpus
     from retrieval_distill.models.encoder import Encoder
 
@@ -289,7 +289,7 @@ def test_ict_positives_replace_the_source_document(tmp_path):
     positives.jsonl (found through synth.json), the label keeps the teacher's score; a
     positives file naming a non-positive is refused with file:line."""
     from retrieval_distill.data.collections import DataFormatError
-    from retrieval_distill.distill.cli import StudentJob, prepare_examples
+    from retrieval_distill.distill.job import StudentJob, prepare_examples
     from retrieval_distill.distill.synth import synth_corpus
     from retrieval_distill.search.bm25 import BM25Searcher, build_bm25_index
     from retrieval_distill.teachers.scoring import score_candidates
@@ -316,3 +316,57 @@ def test_ict_positives_replace_the_source_document(tmp_path):
     bad.write_text(json.dumps({"qid": "synth-ict-1", "docid": "2", "text": "x"}) + "\n")
     with pytest.raises(DataFormatError, match=r"bad.jsonl:1: \(synth-ict-1, 2\) is not a positive"):
         prepare_examples(job.model_copy(update={"positive_texts": str(bad)}))
+
+
+def test_teacher_scale_auto(scored, tmp_path):
+    """``teacher_scale: auto``: a teacher whose scores are 10 x the init's cosine + 3 gets
+    scale 0.1 exactly (ratio of the median per-example spreads); the value is used for
+    training and recorded in the card."""
+    from retrieval_distill.distill.job import auto_teacher_scale, load_job, prepare_examples
+    from retrieval_distill.models.encoder import Encoder
+
+    examples, _ = prepare_examples(load_job(_config(scored, tmp_path, max_examples=12)))
+    enc = Encoder("all-MiniLM-L6-v2", show_progress=False)
+    cols = ["positive"] + sorted((k for k in examples[0] if k.startswith("negative_")), key=lambda k: int(k.split("_")[1]))
+    for ex in examples:
+        q = enc.encode_queries([ex["query"]])[0]
+        ex["label"] = [float(10 * (q @ d) + 3) for d in enc.encode_documents([ex[c] for c in cols])]
+    found = auto_teacher_scale(examples, "all-MiniLM-L6-v2")
+    assert found["teacher_scale"] == pytest.approx(0.1, rel=1e-3) and found["examples"] == len(examples)
+    assert found["teacher_spread"] == pytest.approx(10 * found["student_spread"], rel=1e-3)
+    with pytest.raises(ValueError, match="spread is 0"):
+        auto_teacher_scale([{**ex, "label": [1.0] * len(ex["label"])} for ex in examples], "all-MiniLM-L6-v2")
+
+    cfg = _config(scored, tmp_path, max_examples=8)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["losses"] = [{"name": "margin_mse", "options": {"teacher_scale": "auto"}}]
+    cfg.write_text(yaml.safe_dump(raw))
+    r = _rd("student", "train", cfg)
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "student" / "training_card.json").read_text())
+    scale = card["teacher_scale_auto"]["teacher_scale"]
+    assert 0 < scale < 1  # BM25 scores spread over units, cosines over hundredths
+    assert card["config"]["losses"][0]["options"]["teacher_scale"] == scale
+
+
+def test_embedding_teacher_losses_train_through_the_job(scored, tmp_path):
+    """The literature losses that read teacher embeddings (TCT-ColBERT in-batch KD, RKD,
+    DistilCSE contrastive KD) and the teacher-free adaptive-margin loss train a real student
+    through `rd student train`: the job attaches the `leaf:` teacher's vectors of every text
+    column and fills teacher_dim."""
+    cols = ["query", "positive", "negative_1", "negative_2"]
+    cfg = _config(scored, tmp_path, max_examples=8, leaf={"teacher_model": "all-MiniLM-L6-v2", "columns": cols},
+                  train={"losses": [{"name": "inbatch_kd"}, {"name": "rkd", "weight": 0.5}, {"name": "contrastive_kd", "weight": 0.1},
+                                    {"name": "adaptive_margin", "weight": 0.5}],
+                         "n_negatives": 2, "epochs": 1, "batch_size": 4, "max_seq_length": 64, "save_steps": 1000})
+    r = _rd("student", "train", cfg)
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "student" / "training_card.json").read_text())
+    assert card["steps"] == 2 and card["leaf"]["teacher_dim"] == 384 and card["leaf"]["columns"] == cols
+    assert [s["name"] for s in card["losses"]] == ["inbatch_kd", "rkd", "contrastive_kd", "adaptive_margin"]
+    # a teacher-embedding loss without the passages' vectors: a clear error before training
+    (tmp_path / "bad").mkdir()
+    bad = _config(scored, tmp_path / "bad", max_examples=8, leaf={"teacher_model": "all-MiniLM-L6-v2", "columns": ["query"]},
+                  train={"losses": [{"name": "rkd"}], "n_negatives": 2, "epochs": 1, "batch_size": 4, "max_seq_length": 64})
+    r = _rd("student", "train", bad)
+    assert r.exit_code == 2 and "every text column" in r.output and not (tmp_path / "bad" / "student").exists()

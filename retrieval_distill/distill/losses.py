@@ -25,7 +25,15 @@ listwise_kl     :class:`ListwiseKLLoss`, RocketQAv2 (Ren et al. 2021); Tamber et
 pairwise        :class:`PairwiseDistillLoss`, PairDistill (Huang et al. 2024)
 infonce         :class:`InfoNCELoss`, in-batch + hard negatives (sentence-transformers MNRL)
 leaf            :class:`LEAFAlignmentLoss`, LEAF (MongoDB 2025) embedding alignment
+adaptive_margin :class:`AdaptiveMarginLoss`, self-distillation, adaptive margins (Gienapp et al. 2024), no teacher
+inbatch_kd      :class:`InBatchKDLoss`, TCT-ColBERT in-batch KD (Lin et al. 2021), embedding teacher
+rkd             :class:`RKDLoss`, relational KD, distance + angle (Park et al. 2019)
+contrastive_kd  :class:`ContrastiveKDLoss`, DistilCSE contrastive KD on teacher embeddings (Xu et al. 2023)
 ==============  ===========================================================================
+
+``leaf``, ``inbatch_kd``, ``rkd`` and ``contrastive_kd`` read teacher embeddings from the
+labels (``teacher_embeddings = True``): the job attaches them (the ``leaf:`` section of a
+student config names the teacher model and the columns) and fills ``teacher_dim``.
 """
 
 from __future__ import annotations
@@ -418,27 +426,11 @@ class LEAFAlignmentLoss(DistillLoss):
             if projection_lr:
                 self.learning_rate_mapping[rf"(^|\.){self.projection_index}\.linear\.(weight|bias)$"] = float(projection_lr)
 
+    #: the loss reads the teacher's embeddings from the labels (the job attaches them)
+    teacher_embeddings = True
+
     def labels_for(self, labels, n_candidates):
-        if labels is None:
-            raise TrainingDataError("LEAFAlignmentLoss needs the teacher's embeddings as labels")
-        d = self.teacher_dim
-        if labels.ndim == 3:
-            if labels.shape[2] != d:
-                raise TrainingDataError(f"teacher embeddings of dim {labels.shape[2]}, expected {d}")
-            emb = labels
-        elif labels.ndim == 2:
-            k = labels.shape[1] // d
-            if k == 0:
-                raise TrainingDataError(
-                    f"labels of width {labels.shape[1]} hold no teacher embedding of dim {d} "
-                    "(add them with attach_teacher_embeddings)"
-                )
-            emb = labels[:, labels.shape[1] - k * d :].reshape(labels.shape[0], k, d)
-        else:
-            raise TrainingDataError(f"labels of shape {tuple(labels.shape)}: expected (batch, [k,] {d})")
-        if emb.shape[1] > 1 + n_candidates:
-            raise TrainingDataError(f"{emb.shape[1]} teacher embeddings for {1 + n_candidates} text columns")
-        return emb
+        return teacher_embeddings_from_labels(labels, self.teacher_dim, n_candidates, type(self).__name__)
 
     def compute(self, q: Tensor, p: Tensor, teacher_embeddings: Tensor) -> Tensor:
         if teacher_embeddings.ndim == 2:
@@ -457,6 +449,247 @@ class LEAFAlignmentLoss(DistillLoss):
     @property
     def citation(self) -> str:
         return "LEAF, MongoDB 2025, arXiv:2509.12539"
+
+
+class ContrastiveKDLoss(LEAFAlignmentLoss):
+    """Contrastive knowledge distillation onto the teacher's embeddings, DistilCSE (Xu et
+    al. 2023, "DistilCSE: Effective Knowledge Distillation For Contrastive Sentence
+    Embeddings", arXiv:2112.05638): each text's student vector (through LEAF's projection
+    when the dimensions differ, see :class:`LEAFAlignmentLoss`) must pick out the teacher's
+    vector of the SAME text among the teacher's vectors of every aligned text of the batch:
+
+        L = mean_i -log( exp(cos(x_i, y_i) / tau) / sum_j exp(cos(x_i, y_j) / tau) )
+
+    where the batch's aligned texts are the first ``k`` columns of every row (``leaf.columns``).
+    Unlike LEAF's pointwise cosine it also pushes a text away from the teacher's vectors of
+    the other texts (the contrastive part).
+
+    Args:
+        model, teacher_dim, projection, projection_lr, projection_init: as :class:`LEAFAlignmentLoss`.
+        temperature: tau (0.05).
+
+    Raises:
+        ValueError: ``temperature <= 0``, or a bad projection option.
+    """
+
+    def __init__(self, model, teacher_dim: int, temperature: float = 0.05, projection: str = "auto",
+                 projection_lr: float | None = 1e-3, projection_init: str | None = None):
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        super().__init__(model, teacher_dim, objective="cosine", projection=projection, projection_lr=projection_lr,
+                         projection_init=projection_init)
+        self.temperature = float(temperature)
+
+    def compute(self, q: Tensor, p: Tensor, teacher_embeddings: Tensor) -> Tensor:
+        if teacher_embeddings.ndim == 2:
+            teacher_embeddings = teacher_embeddings[:, None, :]
+        k = teacher_embeddings.shape[1]
+        student = torch.cat([q[:, None, :], p], dim=1)[:, :k].reshape(-1, q.shape[-1])
+        teacher = teacher_embeddings.reshape(-1, teacher_embeddings.shape[-1]).to(student.dtype)
+        if student.shape[-1] != teacher.shape[-1]:
+            raise TrainingDataError(f"student embeddings of dim {student.shape[-1]} vs teacher {teacher.shape[-1]}: no projection between them")
+        logits = F.normalize(student, dim=-1) @ F.normalize(teacher, dim=-1).T / self.temperature
+        return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+    @property
+    def citation(self) -> str:
+        return "Xu et al. 2023 (DistilCSE), arXiv:2112.05638"
+
+
+def teacher_embeddings_from_labels(labels: Tensor | None, teacher_dim: int, n_candidates: int, who: str) -> Tensor:
+    """The teacher's embeddings ``(batch, k, teacher_dim)`` held by ``labels``: a
+    ``(batch, k, D)`` tensor, a ``(batch, D)`` one (``k = 1``), or the trailing ``k * D``
+    values of packed label rows (:func:`attach_teacher_embeddings`); they belong to the
+    first ``k`` text columns (query, positive, negatives...).
+
+    Raises:
+        TrainingDataError: no labels, a wrong dimension, or more embeddings than text columns.
+    """
+    d = int(teacher_dim)
+    if labels is None:
+        raise TrainingDataError(f"{who} needs the teacher's embeddings as labels")
+    if labels.ndim == 3:
+        if labels.shape[2] != d:
+            raise TrainingDataError(f"teacher embeddings of dim {labels.shape[2]}, expected {d}")
+        emb = labels
+    elif labels.ndim == 2:
+        k = labels.shape[1] // d
+        if k == 0:
+            raise TrainingDataError(
+                f"labels of width {labels.shape[1]} hold no teacher embedding of dim {d} "
+                "(add them with attach_teacher_embeddings)"
+            )
+        emb = labels[:, labels.shape[1] - k * d :].reshape(labels.shape[0], k, d)
+    else:
+        raise TrainingDataError(f"labels of shape {tuple(labels.shape)}: expected (batch, [k,] {d})")
+    if emb.shape[1] > 1 + n_candidates:
+        raise TrainingDataError(f"{emb.shape[1]} teacher embeddings for {1 + n_candidates} text columns")
+    return emb
+
+
+class AdaptiveMarginLoss(DistillLoss):
+    """Self-distillation with adaptive relevance margins (Gienapp et al. 2024, "Learning
+    Effective Representations for Retrieval Using Self-Distillation with Adaptive Relevance
+    Margins", ICTIR 2025, arXiv:2407.21515): no teacher; the student's own document-document
+    similarity sets the margin each (query, positive, negative) triple should have:
+
+        m_i = cos(q, p+) - cos(q, p-_i)          (the student's margin)
+        t_i = cos(p+, p-_i) / 2 + 1/2            (the adaptive target, in [0, 1])
+        L   = mean_{b, i} (m_i - t_i)^2          (``error="l2"``; ``"l1"``: |m_i - t_i|)
+
+    as in the authors' reference implementation (webis-de/adaptive-relevance-margin-loss,
+    ``MarginLoss(target="adaptive")``, the target not detached). Labels are ignored, so it
+    trains from qrels + hard negatives alone: a teacher-free baseline of the same budget.
+
+    Args:
+        model: the student.
+        error: ``"l2"`` (default, the paper's) or ``"l1"``.
+
+    Raises:
+        ValueError: an unknown ``error``.
+    """
+
+    needs_labels = False
+
+    def __init__(self, model, error: str = "l2"):
+        super().__init__(model, similarity="cosine")
+        if error not in ("l1", "l2"):
+            raise ValueError(f"error must be 'l1' or 'l2', got {error!r}")
+        self.error = error
+
+    def compute(self, q: Tensor, p: Tensor, teacher_scores: Tensor | None = None) -> Tensor:
+        if p.shape[1] < 2:
+            raise TrainingDataError("AdaptiveMarginLoss needs a positive and at least one negative column")
+        s = self.student_scores(q, p)  # cosines (similarity="cosine", scale 1)
+        pn = F.normalize(p, dim=-1)
+        target = torch.einsum("bd,bnd->bn", pn[:, 0], pn[:, 1:]) / 2 + 0.5
+        diff = (s[:, :1] - s[:, 1:]) - target
+        return diff.square().mean() if self.error == "l2" else diff.abs().mean()
+
+    @property
+    def citation(self) -> str:
+        return "Gienapp et al. 2024, arXiv:2407.21515"
+
+
+class _EmbeddingTeacherLoss(DistillLoss):
+    """Base of the losses that read the teacher's embeddings of every text column from the
+    labels (``teacher_dim`` values each, packed after the scores; the job attaches them
+    from ``leaf.teacher_model`` with ``leaf.columns`` covering the query and passages)."""
+
+    teacher_embeddings = True
+
+    def __init__(self, model, teacher_dim: int, **kw):
+        super().__init__(model, **kw)
+        self.teacher_dim = int(teacher_dim)
+
+    def labels_for(self, labels, n_candidates):
+        emb = teacher_embeddings_from_labels(labels, self.teacher_dim, n_candidates, type(self).__name__)
+        if emb.shape[1] != 1 + n_candidates:
+            raise TrainingDataError(
+                f"{type(self).__name__} needs the teacher's embedding of every text column "
+                f"({1 + n_candidates}: set leaf.columns to the query, positive and negatives), got {emb.shape[1]}"
+            )
+        return emb
+
+
+class InBatchKDLoss(_EmbeddingTeacherLoss):
+    """In-batch knowledge distillation, TCT-ColBERT style (Lin et al. 2021, "In-Batch
+    Negatives for Knowledge Distillation with Tightly-Coupled Teachers for Dense Retrieval",
+    RepL4NLP, arXiv:2010.11386): the teacher scores EVERY (query, passage) pair of the batch,
+    not only a query's own candidates, and the student matches the teacher's distribution
+    over all of them. TCT-ColBERT's teacher is ColBERT; here it is an embedding teacher
+    whose vectors travel in the labels (all-mpnet-base-v2 in this project), so the B x B(1+n)
+    teacher scores cost one matrix product. For query b over the batch's passages P:
+
+        L = mean_b KL( softmax(T_b / tau_t) || softmax(S_b / tau_s) ),
+        T = cos(q^t, P^t),  S = q P^T (student, dot = cosine for normalised models)
+
+    Args:
+        model: the student.
+        teacher_dim: the teacher's embedding dimension (filled in by the job).
+        teacher_temperature / student_temperature: tau_t, tau_s (0.05: cosine scores).
+
+    Raises:
+        ValueError: a temperature is not positive.
+    """
+
+    def __init__(self, model, teacher_dim: int, teacher_temperature: float = 0.05, student_temperature: float = 0.05):
+        super().__init__(model, teacher_dim)
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        self.teacher_temperature = float(teacher_temperature)
+        self.student_temperature = float(student_temperature)
+
+    def compute(self, q: Tensor, p: Tensor, teacher_embeddings: Tensor) -> Tensor:
+        t = F.normalize(teacher_embeddings, dim=-1)
+        t_q, t_p = t[:, 0], t[:, 1:].reshape(-1, t.shape[-1])
+        s_all = q @ p.reshape(-1, p.shape[-1]).T  # (B, B(1+n))
+        t_all = t_q @ t_p.T
+        log_ps = F.log_softmax(s_all / self.student_temperature, dim=-1)
+        log_pt = F.log_softmax(t_all / self.teacher_temperature, dim=-1)
+        return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+
+    @property
+    def citation(self) -> str:
+        return "Lin et al. 2021 (TCT-ColBERT), arXiv:2010.11386"
+
+
+class RKDLoss(_EmbeddingTeacherLoss):
+    """Relational knowledge distillation (Park et al. 2019, "Relational Knowledge
+    Distillation", CVPR, arXiv:1904.05068): the student keeps the teacher's distances and
+    angles between the batch's texts (queries and passages together), not its coordinates,
+    so the two spaces may have different dimensions (no projection). With x_i the student's
+    and y_i the teacher's vectors of the N texts of the batch:
+
+        distance: psi_D(i, j) = ||x_i - x_j|| / mu,  mu = mean over i != j of ||x_i - x_j||
+        angle:    psi_A(i, j, k) = < (x_i - x_j) / ||x_i - x_j||, (x_k - x_j) / ||x_k - x_j|| >
+        L = w_d * mean Huber(psi_D^s - psi_D^t) + w_a * mean Huber(psi_A^s - psi_A^t)
+
+    (Huber = smooth L1 with beta 1, as in the paper; its weights 1 and 2.)
+
+    Args:
+        model: the student.
+        teacher_dim: the teacher's embedding dimension (filled in by the job).
+        distance_weight / angle_weight: w_d, w_a.
+
+    Raises:
+        ValueError: a negative weight, or both zero.
+    """
+
+    def __init__(self, model, teacher_dim: int, distance_weight: float = 1.0, angle_weight: float = 2.0):
+        super().__init__(model, teacher_dim)
+        if distance_weight < 0 or angle_weight < 0 or distance_weight + angle_weight == 0:
+            raise ValueError("distance_weight and angle_weight must be >= 0, not both 0")
+        self.distance_weight = float(distance_weight)
+        self.angle_weight = float(angle_weight)
+
+    @staticmethod
+    def distances(x: Tensor) -> Tensor:
+        """psi_D: pairwise Euclidean distances ``(N, N)`` divided by their mean over i != j."""
+        d = torch.cdist(x, x)
+        n = x.shape[0]
+        mu = d.sum() / max(n * (n - 1), 1)
+        return d / mu.clamp_min(1e-12)
+
+    @staticmethod
+    def angles(x: Tensor) -> Tensor:
+        """psi_A: ``(N, N, N)`` cosines of the angle at j between i and k."""
+        e = F.normalize(x[None, :, :] - x[:, None, :], p=2, dim=-1)  # e[j, i] = unit(x_i - x_j)
+        return torch.einsum("jid,jkd->jik", e, e)
+
+    def compute(self, q: Tensor, p: Tensor, teacher_embeddings: Tensor) -> Tensor:
+        x = torch.cat([q[:, None, :], p], dim=1).reshape(-1, q.shape[-1])
+        y = teacher_embeddings.reshape(-1, teacher_embeddings.shape[-1]).to(x.dtype)
+        loss = x.new_zeros(())
+        if self.distance_weight:
+            loss = loss + self.distance_weight * F.smooth_l1_loss(self.distances(x), self.distances(y).detach())
+        if self.angle_weight:
+            loss = loss + self.angle_weight * F.smooth_l1_loss(self.angles(x), self.angles(y).detach())
+        return loss
+
+    @property
+    def citation(self) -> str:
+        return "Park et al. 2019 (RKD), arXiv:1904.05068"
 
 
 class CombinedLoss(DistillLoss):
@@ -518,6 +751,10 @@ LOSSES: dict[str, type[DistillLoss]] = {
     "pairwise": PairwiseDistillLoss,
     "infonce": InfoNCELoss,
     "leaf": LEAFAlignmentLoss,
+    "adaptive_margin": AdaptiveMarginLoss,
+    "inbatch_kd": InBatchKDLoss,
+    "rkd": RKDLoss,
+    "contrastive_kd": ContrastiveKDLoss,
 }
 
 

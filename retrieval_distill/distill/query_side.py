@@ -412,7 +412,7 @@ def prepare_query_side(job) -> dict[str, Any]:
         FileNotFoundError, TeacherMismatchError, IncompleteScores, TrainingDataError, ValueError.
     """
     from retrieval_distill.data.collections import load_collection
-    from retrieval_distill.distill.cli import _read_qids, check_score_folder
+    from retrieval_distill.distill.job import _read_qids, check_score_folder
 
     spec: QuerySideSpec = job.query_side
     cfg = job.train
@@ -454,7 +454,7 @@ def prepare_query_side(job) -> dict[str, Any]:
 
 
 def train_query_side(job, show_progress: bool = True) -> Path:
-    """Run a ``mode: query_side`` student config (:class:`retrieval_distill.distill.cli.StudentJob`).
+    """Run a ``mode: query_side`` student config (:class:`retrieval_distill.distill.job.StudentJob`).
 
     Steps: read the frozen documents; build the per-query tables (positives, and with a
     teacher term the teacher's scored candidates from ``job.scores``); load the query tower
@@ -469,7 +469,7 @@ def train_query_side(job, show_progress: bool = True) -> Path:
     Raises:
         FileNotFoundError, TeacherMismatchError, IncompleteScores, TrainingDataError, ValueError.
     """
-    from retrieval_distill.distill.cli import _judged_dev
+    from retrieval_distill.distill.job import _judged_dev
     from retrieval_distill.distill.train import train_student, update_card
     import torch
 

@@ -97,7 +97,7 @@ def train_student(
             run resumes from the last one.
         card: extra facts for the training card (teacher, data, dev metrics ...).
         evaluator: optional sentence-transformers evaluator (e.g. the
-            ``InformationRetrievalEvaluator`` of :func:`retrieval_distill.distill.cli.dev_evaluator`)
+            ``InformationRetrievalEvaluator`` of :func:`retrieval_distill.distill.job.dev_evaluator`)
             run on the initial model and after every epoch; its primary metric per epoch goes
             into the training card (``dev_per_epoch``) and the loss-curve PNG.
         keep_best: save the epoch with the best evaluator primary metric instead of the last
