@@ -67,7 +67,13 @@ def pipeline_cmd(
     except (FileNotFoundError, ValueError) as e:  # before any stage: one clear line, exit 2
         typer.echo(f"error: {config}: {e}", err=True)
         raise typer.Exit(2) from None
-    pipe.run(until=until, preflight=False)
+    from retrieval_distill.data.collections import DataFormatError
+
+    try:
+        pipe.run(until=until, preflight=False)
+    except (ValueError, FileNotFoundError, DataFormatError) as e:  # bad data met inside a stage: one line
+        typer.echo(f"error: {config}: stage {pipe.current_stage}: {e} (finished stages are kept; fix and rerun)", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:  # pragma: no cover

@@ -149,7 +149,7 @@ class QueriesConfig(_Strict):
 class IndexConfig(_Strict):
     """FAISS indexes built from the student's document embeddings."""
 
-    factories: list[str] = Field(default_factory=lambda: ["Flat", "HNSW32"])
+    factories: list[str] = Field(default_factory=lambda: ["Flat", "HNSW32"], min_length=1)
     params: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"HNSW32": {"efConstruction": 200, "efSearch": 128}})
     encode_batch_size: int = 16
 
@@ -213,6 +213,10 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _report_path(self):
+        wd = self.work_dir.strip()
+        if not wd or Path(wd).expanduser().resolve() in (Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve()):
+            raise ValueError(f"work_dir {self.work_dir!r}: give a folder of its own (work/NAME); the pipeline writes "
+                             "and overwrites files under it")
         self.eval.report = self.eval.report.replace("{work_dir}", self.work_dir.rstrip("/"))
         return self
 

@@ -62,6 +62,7 @@ class Pipeline:
         self.skipped: set[str] = set()
         self._colls: dict[str, Collection] = {}
         self._synthetic: bool | None = None
+        self.current_stage: str | None = None
         self._has_test: bool | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -144,6 +145,7 @@ class Pipeline:
                 self.echo(f"[{stage}] up to date, skipped")
                 return
         self.echo(f"[{stage}] running")
+        self.current_stage = stage
         t0 = time.time()
         fn()
         missing = [str(p) for p in outputs if not p.exists()]
@@ -575,6 +577,14 @@ class Pipeline:
             raise ValueError(f"{self.cfg.dataset}: the corpus has no documents")
         if not self.has_test and not (self.synthetic and self._corpus_only()):
             raise ValueError(f"{self.cfg.dataset}: split {self.cfg.splits.test!r} has no judged queries (qrels with grade >= 1)")
+        if self.synthetic:
+            usable = sum(1 for d in test.corpus.values() if (d.get("title") or "").strip() or (d.get("text") or "").strip())
+            if usable < 4:
+                raise ValueError(f"{self.cfg.dataset}: {usable} document(s) with text; synthetic training queries "
+                                 "and a dev split need at least 4")
+        if self.synthetic and self.cfg.teacher.candidates:
+            raise ValueError("teacher.candidates with synthetic queries: dev judges each query's source document, which "
+                             "every teacher finds, so dev cannot choose between them; give one teacher (members:)")
         if self.synthetic and self.cfg.queries.max_docs is not None and self.cfg.queries.max_docs < 4:
             raise ValueError(f"queries.max_docs {self.cfg.queries.max_docs}: carving a dev split needs queries from at least 4 documents")
         checks = [] if self.synthetic else [(self.cfg.splits.train, load_collection(self.cfg.dataset, split=self.cfg.splits.train))]
@@ -611,10 +621,16 @@ class Pipeline:
             build_terms(self.cfg.train.losses)
         else:
             from retrieval_distill.distill import losses as L
+            from retrieval_distill.distill.job import embedding_losses
 
             unknown = [l.name for l in self.cfg.train.losses if l.name not in L.LOSSES]
             if unknown:
                 raise ValueError(f"train.losses: unknown loss {unknown[0]!r} for student.mode two_tower; known: {sorted(L.LOSSES)}")
+            L.check_loss_specs(self.cfg.train.losses)
+            emb = sorted({l.name for l in self.cfg.train.losses} & embedding_losses())
+            if emb:
+                raise ValueError(f"train.losses: {', '.join(emb)} read(s) a teacher's embeddings, which the pipeline does not "
+                                 "attach: train it with `rd student train` and a `leaf:` section")
         try:  # the built-in teacher kinds register themselves on import
             from retrieval_distill.teachers import bi_encoder, bm25, colbert, cross_encoder, ensemble  # noqa: F401
         except ImportError:  # pragma: no cover

@@ -162,6 +162,23 @@ def _adi_cfg(dataset, tmp_path, **over):
         (lambda c, t: c.update(queries={"source": "dataset"}, splits={"train": "trian", "dev_size": 5}),
          Exception, "trian"),
         (lambda c, t: c.update(queries={"source": "synthetic", "max_docs": 3}), ValueError, "queries.max_docs 3"),
+        (lambda c, t: c.update(work_dir=""), ValueError, "give a folder of its own"),
+        (lambda c, t: c.update(work_dir="/"), ValueError, "give a folder of its own"),
+        (lambda c, t: c.update(index={"factories": []}), ValueError, "at least 1"),
+        (lambda c, t: c.update(train={"losses": [{"name": "margin_mse", "options": {"bogus": 1}}]}), ValueError,
+         "train.losses[0] (margin_mse): unknown option(s) ['bogus']"),
+        (lambda c, t: c.update(train={"losses": [{"name": "margin_mse", "options": {"teacher_scale": "autoo"}}]}), ValueError,
+         "teacher_scale must be a positive number or 'auto', got 'autoo'"),
+        (lambda c, t: c.update(train={"losses": [{"name": "listwise_kl", "options": {"student_temperature": -1}}]}), ValueError,
+         "train.losses[0] (listwise_kl): temperatures must be > 0"),
+        (lambda c, t: c.update(train={"losses": [{"name": "inbatch_kd"}]}), ValueError, "the pipeline does not attach"),
+        (lambda c, t: c.update(student={"mode": "query_side"}, train={"losses": [{"name": "margin_mse", "options": {"teacher_scale": "auto"}}]}),
+         ValueError, "teacher_scale: auto is for two_tower students"),
+        (lambda c, t: c.update(queries={"source": "synthetic"}, teacher={"candidates": [{"members": [{"kind": "bm25"}]}]}),
+         ValueError, "dev cannot choose between them"),
+        (lambda c, t: ((t / "tiny").mkdir(), (t / "tiny" / "corpus.jsonl").write_text(
+            "".join((ADI / "corpus.jsonl").read_text().splitlines(keepends=True)[:3])), c.update(dataset=str(t / "tiny"))),
+         ValueError, "3 document(s) with text; synthetic training queries and a dev split need at least 4"),
     ],
 )
 def test_bad_pipeline_inputs_fail_before_any_stage(adi_split, tmp_path, edit, error, message):

@@ -370,3 +370,22 @@ def test_embedding_teacher_losses_train_through_the_job(scored, tmp_path):
                   train={"losses": [{"name": "rkd"}], "n_negatives": 2, "epochs": 1, "batch_size": 4, "max_seq_length": 64})
     r = _rd("student", "train", bad)
     assert r.exit_code == 2 and "every text column" in r.output and not (tmp_path / "bad" / "student").exists()
+
+
+def test_bad_loss_options_refused_when_the_config_loads(scored, tmp_path):
+    """Unknown loss options, a misspelt ``teacher_scale: auto`` and out-of-range values are
+    refused by `rd student train` (and `--check`) with one line naming the loss, exit 2,
+    before any model loads or checkpoint is written."""
+    for losses, message in (
+        ([{"name": "margin_mse", "options": {"bogus": 1}}], "train.losses[0] (margin_mse): unknown option(s) ['bogus']"),
+        ([{"name": "margin_mse", "options": {"teacher_scale": "AUTO"}}], "teacher_scale must be a positive number or 'auto'"),
+        ([{"name": "margin_mse", "options": {"teacher_scale": -3}}], "teacher_scale must be a positive number"),
+        ([{"name": "infonce"}, {"name": "listwise_kl", "options": {"teacher_scale": "auto"}}], "train.losses[1] (listwise_kl): unknown option(s) ['teacher_scale']"),
+        ([{"name": "adaptive_margin", "options": {"error": "l3"}}], "train.losses[0] (adaptive_margin): error must be 'l1' or 'l2'"),
+        ([{"name": "margin_mze"}], "unknown loss 'margin_mze'"),
+    ):
+        cfg = _config(scored, tmp_path, train={"losses": losses, "epochs": 1, "batch_size": 4})
+        for args in (("student", "train", cfg, "--check"), ("student", "train", cfg)):
+            r = _rd(*args)
+            assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (args, r.output)
+        assert not (tmp_path / "student").exists() and not list(tmp_path.glob("*.ckpt"))

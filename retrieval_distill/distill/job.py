@@ -247,6 +247,9 @@ class StudentJob(BaseModel):
                 raise ValueError(f"mode two_tower needs {', '.join(missing)}")
             if self.query_side is not None:
                 raise ValueError("`query_side:` is set but mode is two_tower; set mode: query_side")
+            from retrieval_distill.distill.losses import check_loss_specs
+
+            check_loss_specs(self.train.losses)
         else:
             if self.query_side is None:
                 raise ValueError("mode query_side needs a `query_side:` section with `documents:` (an index or encoding folder)")

@@ -835,3 +835,53 @@ def fit_projection(student_embeddings: np.ndarray, teacher_embeddings: np.ndarra
     w = torch.linalg.solve(a, xc.T @ yc).T  # (D_t, D_s)
     b = ym - w @ xm
     return w.numpy().astype(np.float32), b.numpy().astype(np.float32)
+
+
+class _ProbeModel(nn.Module):
+    """A stand-in student for :func:`check_loss_specs`: builds a loss without loading weights."""
+
+    def get_embedding_dimension(self) -> int:
+        return 2
+
+    def append(self, module) -> None:  # LEAF's projection="always"
+        pass
+
+    def __len__(self) -> int:
+        return 1
+
+
+def check_loss_specs(specs) -> None:
+    """Check two-tower loss specs (``LossSpec``: name, weight, options) before anything is
+    loaded or trained: known names, option names the loss takes, ``teacher_scale`` a
+    positive number or ``"auto"``, and the values the loss's constructor checks
+    (temperatures, weights...), each error naming the loss.
+
+    Raises:
+        ValueError: ``train.losses[i] (name): ...``.
+    """
+    import inspect
+
+    if not specs:
+        raise ValueError(f"train.losses is empty: name at least one of {sorted(LOSSES)}")
+    for i, spec in enumerate(specs):
+        where = f"train.losses[{i}] ({spec.name})"
+        if spec.name not in LOSSES:
+            raise ValueError(f"train.losses[{i}]: unknown loss {spec.name!r}; known: {sorted(LOSSES)}")
+        cls = LOSSES[spec.name]
+        params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
+        unknown = sorted(set(spec.options) - set(params))
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {unknown}; options: {params}")
+        opts = dict(spec.options)
+        if "teacher_scale" in opts:
+            ts = opts["teacher_scale"]
+            if ts == "auto":
+                opts["teacher_scale"] = 1.0
+            elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not ts > 0 or ts != ts or ts == float("inf"):
+                raise ValueError(f"{where}: teacher_scale must be a positive number or 'auto', got {ts!r}")
+        if getattr(cls, "teacher_embeddings", False):
+            opts.setdefault("teacher_dim", 2)
+        try:
+            cls(_ProbeModel(), **opts)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None

@@ -375,9 +375,11 @@ def build_terms(specs) -> list[tuple[str, float, Any]]:
     for s in specs:
         if s.name not in QUERY_SIDE_LOSSES:
             raise ValueError(f"unknown query-side loss {s.name!r}; known: {sorted(QUERY_SIDE_LOSSES)}")
+        if s.options.get("teacher_scale") == "auto":
+            raise ValueError(f"loss {s.name!r}: teacher_scale: auto is for two_tower students; give a number here")
         try:
             out.append((s.name, s.weight, QUERY_SIDE_LOSSES[s.name](**s.options)))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"loss {s.name!r}: {e}") from None
     return out
 
