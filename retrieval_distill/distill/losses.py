@@ -48,6 +48,14 @@ from torch.nn import functional as F
 from retrieval_distill.distill.data import TrainingDataError
 
 
+def listwise_kl(student: Tensor, teacher: Tensor, student_temperature: float, teacher_temperature: float) -> Tensor:
+    """``mean_rows KL(softmax(teacher / tau_t) || softmax(student / tau_s))`` over the last
+    dimension (scores of shape ``(batch, candidates)``)."""
+    log_ps = F.log_softmax(student / student_temperature, dim=-1)
+    log_pt = F.log_softmax(teacher / teacher_temperature, dim=-1)
+    return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+
+
 class DistillLoss(nn.Module):
     """Base class: embeds the features with the student, then calls :meth:`compute`.
 
@@ -205,9 +213,7 @@ class ListwiseKLLoss(DistillLoss):
         self.student_temperature = float(student_temperature)
 
     def compute(self, q: Tensor, p: Tensor, teacher_scores: Tensor) -> Tensor:
-        log_ps = F.log_softmax(self.student_scores(q, p) / self.student_temperature, dim=-1)
-        log_pt = F.log_softmax(teacher_scores / self.teacher_temperature, dim=-1)
-        return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+        return listwise_kl(self.student_scores(q, p), teacher_scores, self.student_temperature, self.teacher_temperature)
 
     @property
     def citation(self) -> str:
@@ -625,9 +631,7 @@ class InBatchKDLoss(_EmbeddingTeacherLoss):
         t_q, t_p = t[:, 0], t[:, 1:].reshape(-1, t.shape[-1])
         s_all = q @ p.reshape(-1, p.shape[-1]).T  # (B, B(1+n))
         t_all = t_q @ t_p.T
-        log_ps = F.log_softmax(s_all / self.student_temperature, dim=-1)
-        log_pt = F.log_softmax(t_all / self.teacher_temperature, dim=-1)
-        return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+        return listwise_kl(s_all, t_all, self.student_temperature, self.teacher_temperature)
 
     @property
     def citation(self) -> str:
