@@ -271,7 +271,7 @@ def test_corpus_only_folder_end_to_end_and_served(tmp_path):
     assert "## adi dev (" in report and "Significance on dev vs the student init" in report
     assert lines[-2].startswith("\n## adi dev (")
 
-    with TestClient(create_app(ServiceSettings(_env_file=None, index_root=work / "index" / "flat"))) as c:
+    with TestClient(create_app(ServiceSettings(_env_file=None, index_root=work / "index" / "flat", corpus=str(corpus)))) as c:
         for _ in range(400):
             st = c.get("/readyz").json()["modes"]["symmetric"]
             if st["loaded"] or st["error"]:
@@ -280,6 +280,8 @@ def test_corpus_only_folder_end_to_end_and_served(tmp_path):
         assert st["loaded"], st
         r = c.post("/search", json={"query": "information retrieval indexing", "k": 3})
         assert r.status_code == 200 and len(r.json()["hits"]) == 3
+        # the corpus-only folder gives the hits their text (it has no queries.jsonl)
+        assert all(h["text"] for h in r.json()["hits"]), r.json()
         # the manifest names the student as the query encoder (path cut to its last part without the key)
         assert c.get("/index").json()["modes"]["symmetric"]["manifest"]["query_encoder"]["name"] == "student"
 

@@ -338,9 +338,16 @@ class ServiceState:
 
 
 def _load_corpus(spec: str) -> dict[str, dict[str, str]]:
-    from retrieval_distill.data.collections import load_collection
+    """The documents only (a corpus.jsonl, a BEIR folder that may hold nothing else, a local
+    dataset id); an ir_datasets id loads through its collection."""
+    from retrieval_distill.data.collections import load_collection, load_corpus
+    from retrieval_distill.distill.synth import resolve_corpus_path
 
-    return load_collection(spec).corpus
+    try:
+        path = resolve_corpus_path(spec)
+    except FileNotFoundError:
+        return load_collection(spec).corpus
+    return load_corpus(path)
 
 
 def _rerank(teacher: Any, corpus: dict[str, dict[str, str]], query: str, hits: list[Hit], k: int) -> list[tuple[Hit, float]]:
