@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retrieval_distill.distill.train import TrainConfig
 from retrieval_distill.teachers.base import TeacherSpec
@@ -20,6 +20,12 @@ from retrieval_distill.utils import read_yaml_mapping
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _first_error(e: ValidationError) -> str:
+    """The first error of a pydantic ValidationError on one line: ``loc: message``."""
+    err = e.errors()[0]
+    return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
 
 
 class SplitConfig(_Strict):
@@ -45,10 +51,45 @@ class CandidateConfig(_Strict):
     bm25_b: float = 0.4
 
 
+class ColbertFitConfig(_Strict):
+    """The fit step of a ColBERT member (``options: {projection: fit, fit: {...}}``): the
+    ``teacher`` stage fits the member's linear projection on the pipeline's train queries
+    (train minus dev, hard negatives from the train candidates) with
+    :func:`retrieval_distill.teachers.fit.fit_colbert_projection` before any teacher scores,
+    so dev judges the fitted teacher like any other. Same settings as ``rd teacher fit-colbert``."""
+
+    dim: int = Field(128, ge=1)
+    negatives: int = Field(4, ge=0)
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 13
+
+
+def colbert_fit(spec: TeacherSpec) -> ColbertFitConfig | None:
+    """The fit settings of a member whose projection the pipeline fits (``None`` otherwise).
+
+    Raises:
+        ValueError: ``projection: fit`` on a kind other than ``colbert``, ``fit`` options
+            without ``projection: fit``, or a bad fit setting."""
+    opts = spec.options or {}
+    if opts.get("projection") != "fit":
+        if "fit" in opts:
+            raise ValueError(f"teacher member {spec.display_name()}: `options.fit` needs `options.projection: fit`")
+        return None
+    if spec.kind != "colbert":
+        raise ValueError(f"teacher member {spec.display_name()}: `projection: fit` is a ColBERT fit step; kind is {spec.kind!r}")
+    try:
+        return ColbertFitConfig(**(opts.get("fit") or {}))
+    except ValidationError as e:
+        raise ValueError(f"teacher member {spec.display_name()}: options.fit: {_first_error(e)}") from None
+
+
 class TeacherChoice(_Strict):
     """One candidate teacher: an ensemble of ``members`` normalised per query, weights chosen
     on dev from ``weight_grid`` (each member's weight takes a value from the grid; ``[1.0]``
-    = equal weights, nothing fitted)."""
+    = equal weights, nothing fitted). A ``colbert`` member with ``options: {projection: fit}``
+    has its projection fitted first (:class:`ColbertFitConfig`)."""
 
     name: str | None = None
     members: list[TeacherSpec] = Field(default_factory=list)
@@ -63,6 +104,8 @@ class TeacherChoice(_Strict):
             raise ValueError(f"teacher.normalization {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
         if any(w < 0 for w in self.weight_grid) or not any(w > 0 for w in self.weight_grid):
             raise ValueError(f"teacher.weight_grid {self.weight_grid}: weights >= 0, at least one > 0")
+        for m in self.members:
+            colbert_fit(m)
         return self
 
 
@@ -165,6 +208,12 @@ class StudentConfig(_Strict):
             the ``index`` stage indexes those same vectors, so no document is encoded twice.
             Dev (the split carved from train) is evaluated after every epoch and the best
             epoch is kept (cheap here: only the dev queries are encoded).
+        keep: ``best``: evaluate the initial model and every epoch on dev and keep the trained
+            epoch with the best dev nDCG@10 (sentence-transformers' IR evaluator and Hugging
+            Face's best checkpoint, as ``dev.keep`` of ``rd student train``; the initial model's
+            figure is recorded, never kept); ``last``: the last step. Default: ``best`` for
+            ``query_side``, ``last`` for ``two_tower`` (each dev evaluation there re-encodes
+            the corpus with the student: minutes per epoch on SciFact's 5,183 documents).
         query_side: options of :class:`~retrieval_distill.distill.query_side.QuerySideSpec`
             other than ``documents`` (``projection``, ``projection_lr``, ``corpus_sample``,
             ``max_candidates``...).
@@ -172,6 +221,12 @@ class StudentConfig(_Strict):
 
     mode: Literal["two_tower", "query_side"] = "two_tower"
     query_side: dict[str, Any] = Field(default_factory=dict)
+    keep: Literal["best", "last"] | None = None
+
+    @property
+    def selects_epoch(self) -> bool:
+        """Whether the train stage keeps the dev-best epoch (see ``keep``)."""
+        return (self.keep or ("best" if self.mode == "query_side" else "last")) == "best"
 
     @model_validator(mode="after")
     def _check(self):

@@ -286,6 +286,7 @@ class Pipeline:
             doc_text = {d: corpus.doc_text(d) for d in corpus.corpus}
             dev = self.collection("dev")
             dev_cands = {q: list(r) for q, r in read_run(self.path("candidates", "dev.trec")).items()}
+            fits = self._fit_members(tc.choices())
             # 1. each candidate teacher: member weights chosen on dev (grid search by nDCG@10
             #    over the dev candidates); the best candidate on dev is kept
             tried = []
@@ -302,6 +303,8 @@ class Pipeline:
             best = max(range(len(tried)), key=lambda i: (tried[i][0], -i))  # ties: the first listed
             _, name, teacher, fit = tried[best]
             record = {"spec": teacher.spec.model_dump(), "dev_fit": fit}
+            if fits:
+                record["fit_steps"] = fits
             if tc.candidates:
                 record["candidates"] = [{"name": n, "weights": f["weights"], f"dev_{f['metric']}": f["best"]} for _, n, _, f in tried]
                 record["chosen"] = name
@@ -319,8 +322,57 @@ class Pipeline:
         inputs = {"teacher": tc.stamp(), "candidates": self._stamp_fp("candidates")}
         self.run_stage("teacher", inputs, outs, go)
 
+    def _fit_dir(self, m) -> Path:
+        """Where the fit step of a ``projection: fit`` ColBERT member writes (one folder per
+        distinct member spec, so candidates sharing a member fit it once)."""
+        return self.path("teacher", "fit", f"colbert-{fingerprint_obj({'model': m.model, 'options': m.options})[:12]}")
+
+    def _fit_members(self, choices) -> dict[str, dict]:
+        """The fit steps of the teacher list: every ColBERT member with ``projection: fit``
+        gets its projection fitted (:func:`~retrieval_distill.teachers.fit.fit_colbert_projection`)
+        on the train queries (train minus dev) with hard negatives from the train candidates.
+        A fit whose inputs (member spec, candidates) are unchanged is reused, so a teacher stage
+        killed while scoring does not fit again.
+
+        Returns:
+            fit folder (relative to the work dir) -> its ``fit.json`` card."""
+        from retrieval_distill.config import colbert_fit
+        from retrieval_distill.evaluation.runs import read_run
+        from retrieval_distill.teachers.fit import fit_colbert_projection
+
+        cards: dict[str, dict] = {}
+        for choice in choices:
+            for m in choice.members:
+                fit = colbert_fit(m)
+                out = self._fit_dir(m) if fit else None
+                if fit is None or str(out.relative_to(self.work)) in cards:
+                    continue
+                inputs = {"member": m.model_dump(), "candidates": self._stamp_fp("candidates")}
+                done = out / "pipeline-inputs.json"
+                if done.is_file() and json.loads(done.read_text()) == inputs and (out / "projection.pt").is_file():
+                    self.echo(f"  teacher fit {m.display_name()}: reusing {out}")
+                else:
+                    train = self.collection("train")
+                    cands = {q: list(r) for q, r in read_run(self.path("candidates", "train.trec")).items()}
+                    opts = {k: v for k, v in m.options.items() if k not in ("projection", "fit")}
+                    fit_colbert_projection(m.model, train.queries, train.qrels, cands, train.doc_text, out, options=opts,
+                                           **fit.model_dump())
+                    write_json_atomic(done, inputs)
+                card = json.loads((out / "fit.json").read_text())
+                self.echo(f"  teacher fit {m.display_name()}: ColBERT projection {card['dim']}x{card['hidden']} on "
+                          f"{card['queries']} train queries, loss {card['loss_history'][0]['loss'] if card['loss_history'] else '-'}"
+                          f" -> {card['loss_history'][-1]['loss'] if card['loss_history'] else '-'}, {card['seconds']} s")
+                cards[str(out.relative_to(self.work))] = card
+        return cards
+
     def _member_spec(self, m):
-        """Fill in work-dir dependent options (the BM25 index path)."""
+        """Fill in work-dir dependent options (the BM25 index path; the fitted projection of a
+        ``projection: fit`` ColBERT member)."""
+        if m.kind == "colbert" and (m.options or {}).get("projection") == "fit":
+            proj = self._fit_dir(m) / "projection.pt"
+            m = m.model_copy(deep=True)
+            m.options = {**{k: v for k, v in m.options.items() if k != "fit"}, "projection": str(proj)}
+            return m
         m = m.model_copy(deep=True)
         if m.kind == "bm25":
             m.options.setdefault("index", str(self.path("bm25-index")))
@@ -362,6 +414,7 @@ class Pipeline:
                                     else self.path("candidates", "train.trec"))
         else:
             job["query_side"] = QuerySideSpec(documents=str(self.path("embeddings", "init")), **self.cfg.student.query_side)
+        if self.cfg.student.selects_epoch:
             job["dev"] = DevSpec(collection=coll, split=split, qids_file=str(dev_qids),
                                  metrics=list(self.cfg.eval.metrics), each_epoch=True, keep="best")
         if self.cfg.student.mode == "two_tower" or any(l.name in TEACHER_TERMS for l in self.cfg.train.losses):
@@ -420,11 +473,14 @@ class Pipeline:
                           f"{card.get('documents_encoded')}, dev-selected epoch {sel.get('epoch')} "
                           f"(dev nDCG@10 {sel.get('dev_ndcg@10', float('nan')):.4f}), {card.get('train_seconds')} s")
             else:
+                sel = card.get("dev_selected") or {}
+                fig = next(((k, v) for k, v in sel.items() if k not in ("epoch", "step")), ("dev", float("nan")))
+                kept = f", dev-selected epoch {sel.get('epoch')} ({fig[0]} {fig[1]:.4f})" if sel else ""
                 self.echo(f"  two-tower student: {card.get('examples')} training examples from "
-                          f"{card.get('data', {}).get('queries')} queries, {card.get('steps')} steps, {card.get('train_seconds')} s")
+                          f"{card.get('data', {}).get('queries')} queries, {card.get('steps')} steps{kept}, {card.get('train_seconds')} s")
 
         inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
-        if self.cfg.student.mode != "two_tower":  # older stamps (two_tower) stay valid
+        if self.cfg.student.mode != "two_tower" or self.cfg.student.keep is not None:  # older two_tower stamps stay valid
             inputs["student"] = self.cfg.student.model_dump()
         if self.synthetic:
             inputs["positive"] = self.cfg.queries.positive

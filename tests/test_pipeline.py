@@ -341,3 +341,73 @@ def test_teacher_candidates_best_on_dev_is_kept(adi_split, tmp_path):
                              ({"members": [bm25], "weight_grid": [0.0]}, "at least one > 0")):
         with pytest.raises(ValueError, match=re.escape(message)):
             PipelineConfig(**_adi_cfg(adi_split, tmp_path, teacher=teacher))
+
+
+def test_colbert_fit_step_in_the_teacher_list(adi_split, tmp_path):
+    """A ColBERT member with ``projection: fit``: the teacher stage fits its projection on the
+    train queries (train minus dev, never a dev query), scores with it, records the fit in
+    ensemble.json, judges it on dev beside the other candidate, and reuses the fit when the
+    stage runs again after a kill (here: its score files removed)."""
+    import torch
+
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.pipeline import Pipeline
+
+    colbert = {"kind": "colbert", "model": "all-MiniLM-L6-v2", "name": "colbert-fit",
+               "options": {"projection": "fit", "doc_maxlen": 64, "fit": {"dim": 16, "epochs": 2, "batch_size": 8}}}
+    bm25 = {"kind": "bm25", "name": "bm25"}
+    cfg = _adi_cfg(adi_split, tmp_path, candidates={"bm25_k": 10, "dense_k": 10},
+                   teacher={"candidates": [{"name": "bm25", "members": [bm25], "weight_grid": [1.0]},
+                                           {"name": "colbert", "members": [colbert], "weight_grid": [1.0]}]})
+    lines: list[str] = []
+    Pipeline(PipelineConfig(**cfg), echo=lines.append).run(until="teacher")
+    work = tmp_path / "work"
+    rec = json.loads((work / "teacher" / "ensemble.json").read_text())
+    (fit_dir, card), = rec["fit_steps"].items()
+    splits = json.loads((work / "splits.json").read_text())
+    assert card["dim"] == 16 and card["hidden"] == 384 and card["epochs"] == 2 and len(card["loss_history"]) == 2
+    assert 0 < card["queries"] <= len(splits["train"])  # the train queries only, never a dev query
+    w = torch.load(work / fit_dir / "projection.pt", weights_only=True)
+    assert tuple(w.shape) == (16, 384)
+    assert {c["name"] for c in rec["candidates"]} == {"bm25", "colbert"}
+    if rec["chosen"] == "colbert":
+        assert rec["spec"]["members"][0]["options"]["projection"] == str(work / fit_dir / "projection.pt")
+    assert any("teacher fit colbert-fit: ColBERT projection 16x384" in line for line in lines)
+    # the stage runs again (its outputs gone, as after a kill while scoring): the fit is reused
+    for f in (work / "teacher" / "scores").rglob("manifest.json"):
+        f.unlink()
+    mtime = (work / fit_dir / "projection.pt").stat().st_mtime_ns
+    lines.clear()
+    Pipeline(PipelineConfig(**cfg), echo=lines.append).run(until="teacher")
+    assert (work / fit_dir / "projection.pt").stat().st_mtime_ns == mtime
+    assert any("teacher fit colbert-fit: reusing" in line for line in lines)
+    # bad fit steps: refused when the config loads
+    for member, message in (({**bm25, "options": {"projection": "fit"}}, "`projection: fit` is a ColBERT fit step"),
+                            ({**colbert, "options": {"fit": {"dim": 8}}}, "`options.fit` needs `options.projection: fit`"),
+                            ({**colbert, "options": {"projection": "fit", "fit": {"dim": 0}}}, "options.fit: dim: Input should be greater than or equal to 1"),
+                            ({**colbert, "options": {"projection": "fit", "fit": {"epoch": 3}}}, "options.fit: epoch: Extra inputs")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            PipelineConfig(**_adi_cfg(adi_split, tmp_path, teacher={"members": [member]}))
+
+
+def test_two_tower_student_keeps_the_dev_best_epoch(adi_split, tmp_path):
+    """``student.keep: best`` on a two-tower student: the initial model and every epoch are
+    evaluated on the carved dev split and the best trained epoch is the saved model (its card
+    says which)."""
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.pipeline import Pipeline
+
+    cfg = _adi_cfg(adi_split, tmp_path, candidates={"bm25_k": 10, "dense_k": 10}, student={"mode": "two_tower", "keep": "best"},
+                   train={"losses": [{"name": "margin_mse", "options": {"teacher_scale": 0.1}}], "n_negatives": 2,
+                          "negative_depth": 10, "epochs": 2, "batch_size": 4, "max_seq_length": 64, "save_steps": 1000})
+    lines: list[str] = []
+    Pipeline(PipelineConfig(**cfg), echo=lines.append).run(until="train")
+    card = json.loads((tmp_path / "work" / "models" / "student" / "training_card.json").read_text())
+    per_epoch = card["dev_per_epoch"]
+    metric = card["dev_primary_metric"]
+    assert [round(e["epoch"]) for e in per_epoch] == [0, 1, 2]  # the init is evaluated too, for the record
+    best = max(per_epoch[1:], key=lambda e: e[metric])  # the kept model is a trained epoch (HF: best checkpoint)
+    assert card["dev_selected"][metric] == best[metric]
+    assert any(f"dev-selected epoch {card['dev_selected']['epoch']}" in line for line in lines)
+    assert PipelineConfig(**_adi_cfg(adi_split, tmp_path)).student.selects_epoch is False
+    assert PipelineConfig(**_adi_cfg(adi_split, tmp_path, student={"mode": "query_side"})).student.selects_epoch is True
