@@ -301,3 +301,22 @@ def test_other_teacher_commands_report_bad_input_in_one_line(adi, adi_bm25_run, 
     for q in back:
         assert list(back[q]) == list(run[q]) and np.allclose(list(back[q].values()), list(run[q].values()), atol=1e-4)
     assert all(ln.split()[5] == "bm25" for ln in (tmp_path / "teacher.trec").read_text().splitlines())
+
+
+def test_ensemble_normalization_none_keeps_raw_scores_and_the_members_scale():
+    """``normalization: none``: the fused score is the weighted sum of the raw member scores,
+    and a one-member ensemble declares its member's scale (margin-MSE's teacher scale sees it)."""
+    raw = np.array([3.0, 1.0, 2.0, 10.0, 12.0])
+    groups = [np.array([0, 1, 2]), np.array([3, 4])]
+    assert normalize_per_query(raw, groups, "none").tolist() == [3.0, 1.0, 2.0, 10.0, 12.0]
+    z = normalize_per_query(raw, groups, "zscore")
+    assert np.allclose(z, [1.224745, -1.224745, 0.0, -1.0, 1.0], atol=1e-6)
+    one = build_teacher({"kind": "ensemble", "normalization": "none",
+                         "members": [{"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}]})
+    assert one.scale == "cosine"
+    two = build_teacher({"kind": "ensemble", "normalization": "none", "members": [
+        {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}, {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}]})
+    assert two.scale == "fused"
+    pairs = (["q1", "q1"], ["vector space model", "vector space model"], ["d1", "d2"],
+             ["the vector space model of retrieval", "cooking recipes"])
+    assert np.allclose(one.score_ids(*pairs), score_pairs(one.members[0], *pairs), atol=1e-6)

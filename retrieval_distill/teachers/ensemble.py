@@ -37,7 +37,7 @@ from retrieval_distill.utils import fingerprint_obj
 
 log = logging.getLogger(__name__)
 
-NORMALIZATIONS = ("zscore", "minmax")
+NORMALIZATIONS = ("zscore", "minmax", "none")
 
 
 def normalize_per_query(scores: np.ndarray, groups: list[np.ndarray], method: str) -> np.ndarray:
@@ -46,7 +46,8 @@ def normalize_per_query(scores: np.ndarray, groups: list[np.ndarray], method: st
     Args:
         scores: float (n,).
         groups: index arrays, one per query, covering the pairs of that query.
-        method: ``zscore`` or ``minmax``.
+        method: ``zscore``, ``minmax`` or ``none`` (the raw scores: for one member whose own
+            scale a loss should see, e.g. a MaxSim teacher's margins, or members on one scale).
 
     Returns:
         float64 (n,).
@@ -54,6 +55,8 @@ def normalize_per_query(scores: np.ndarray, groups: list[np.ndarray], method: st
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
     s = np.asarray(scores, dtype=np.float64)
+    if method == "none":
+        return s.copy()
     out = np.zeros_like(s)
     for idx in groups:
         v = s[idx]
@@ -75,7 +78,8 @@ def _groups(keys: list[str]) -> list[np.ndarray]:
 
 @register_teacher("ensemble")
 class EnsembleTeacher:
-    """Weighted sum of per-query normalised member scores (scale ``fused``).
+    """Weighted sum of per-query normalised member scores (scale ``fused``; one member with
+    ``normalization: none`` keeps that member's scale).
 
     Args:
         spec: ``TeacherSpec(kind="ensemble", members=[...], weights=[...], normalization="zscore")``;
@@ -100,6 +104,8 @@ class EnsembleTeacher:
         self.members = [build_teacher(m) for m in spec.members]
         if not spec.weights:
             spec.weights = [1.0 / len(self.members)] * len(self.members)
+        if spec.normalization == "none" and len(self.members) == 1:
+            self.scale = self.members[0].scale  # one member, raw scores: its own scale
         self.max_length = max((getattr(m, "max_length", 0) or 0) for m in self.members) or None
         self.tokenizer = next((m.tokenizer for m in self.members if getattr(m, "tokenizer", None) is not None), None)
 
