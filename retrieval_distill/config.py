@@ -293,9 +293,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     of ``raw``, as Hydra's command-line overrides do.
 
     Raises:
-        ValueError: an item without ``=``, an empty key, or a key path through a non-mapping.
+        ValueError: an item without ``=``, an empty key, a key path through a non-mapping,
+            ``profile``/``profiles`` (choose a profile with ``--profile``), or a value holding
+            a non-finite number (YAML ``.nan``, ``.inf``).
     """
+    import math
+
     import yaml
+
+    def finite(v) -> bool:
+        if isinstance(v, float):
+            return math.isfinite(v)
+        if isinstance(v, dict):
+            return all(finite(x) for x in v.values())
+        if isinstance(v, list):
+            return all(finite(x) for x in v)
+        return True
 
     out = copy.deepcopy(raw)
     for item in overrides:
@@ -303,6 +316,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ValueError(f"--set {item!r}: expected KEY=VALUE (dotted keys: train.epochs=2)")
+        if parts[0] in ("profile", "profiles"):
+            raise ValueError(f"--set {item!r}: a profile is chosen with --profile NAME, not --set")
         node = out
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
@@ -312,6 +327,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node[parts[-1]] = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError:
             node[parts[-1]] = value
+        if not finite(node[parts[-1]]):
+            raise ValueError(f"--set {item!r}: not a finite number")
     return out
 
 

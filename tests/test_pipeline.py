@@ -303,7 +303,9 @@ def test_set_overrides_and_work_dir_in_report_path(tmp_path):
     assert cfg.dataset == "my corpus/" and cfg.train.epochs == 2 and cfg.index.factories == ["Flat"]
     assert cfg.queries.positive == "teacher" and cfg.eval.report == "work/mine/report.md"
     assert apply_overrides({"a": {"b": 1}}, ["a.c=x: y"]) == {"a": {"b": 1, "c": {"x": "y"}}}
-    for bad, message in ((["epochs"], "expected KEY=VALUE"), (["name.x=1"], "name is not a mapping"), ([".a=1"], "expected KEY=VALUE")):
+    for bad, message in ((["epochs"], "expected KEY=VALUE"), (["name.x=1"], "name is not a mapping"), ([".a=1"], "expected KEY=VALUE"),
+                         (["profile=quick"], "chosen with --profile NAME"), (["train.lr=.nan"], "not a finite number"),
+                         (["index.params={HNSW32: {efSearch: .inf}}"], "not a finite number")):
         with pytest.raises(ValueError, match=re.escape(message)):
             load_config(p, overrides=bad)
     runner = CliRunner()
