@@ -1,5 +1,6 @@
 """Collections: BEIR loading, ids resolved offline, malformed input named by file and line."""
 
+import re
 import json
 
 import pytest
@@ -197,4 +198,14 @@ def test_bad_jsonl_records_name_file_and_line(tmp_path, file, line, reason):
     d = _beir(tmp_path, ['{"_id": "z", "text": "fine"}'], ['{"_id": "0", "text": "fine"}'], "0\tz\t1\n")
     (d / file).write_bytes(good[file] + b"\r\n" + line + b"\r\n")
     with pytest.raises(DataFormatError, match=rf"{file}:2: .*({reason})"):
+        load_collection(d, split="test")
+
+
+@pytest.mark.parametrize("file", ["corpus.jsonl", "queries.jsonl", "qrels/test.tsv"])
+def test_a_folder_where_a_data_file_belongs_is_named(tmp_path, file):
+    """Was: IsADirectoryError traceback (a corpus.jsonl that is a folder). Now one DataFormatError."""
+    d = _beir(tmp_path, ['{"_id": "z", "text": "fine"}'], ['{"_id": "0", "text": "fine"}'], "0\tz\t1\n")
+    (d / file).unlink()
+    (d / file).mkdir()
+    with pytest.raises(DataFormatError, match=re.escape(f"{d / file}: a folder, not a text file")):
         load_collection(d, split="test")

@@ -46,9 +46,12 @@ def iter_lines(path: str | os.PathLike, error: type[DataFormatError] = DataForma
 
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError (or ``error``): a line that is not UTF-8 (``file:line: not valid UTF-8``).
+        DataFormatError (or ``error``): a line that is not UTF-8 (``file:line: not valid UTF-8``),
+            or a path that is a folder (or another non-file) where a text file belongs.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise error(f"{path}: a {'folder' if path.is_dir() else 'special file'}, not a text file")
     # surrogateescape keeps line numbers exact: an undecodable byte becomes a lone surrogate,
     # which real UTF-8 text cannot contain, and is reported on its own line
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline=None) as fh:
