@@ -1,7 +1,7 @@
 """Collections: BEIR loading, ids resolved offline, malformed input named by file and line."""
 
-import re
 import json
+import re
 
 import pytest
 
