@@ -413,3 +413,33 @@ def test_two_tower_student_keeps_the_dev_best_epoch(adi_split, tmp_path):
     assert any(f"dev-selected epoch {card['dev_selected']['epoch']}" in line for line in lines)
     assert PipelineConfig(**_adi_cfg(adi_split, tmp_path)).student.selects_epoch is False
     assert PipelineConfig(**_adi_cfg(adi_split, tmp_path, student={"mode": "query_side"})).student.selects_epoch is True
+
+
+def test_every_shipped_pipeline_config_profile_and_repro_command_loads():
+    """Every pipeline config in eval/configs and each of its profiles validates, and every
+    `rd pipeline CONFIG [--profile P] [--set K=V]` command of eval/repro.yaml names a config,
+    profile and overrides that load (a typo there would only show hours into `rd repro check`)."""
+    import shlex
+
+    from retrieval_distill.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    configs = [p for p in sorted((root / "eval" / "configs").glob("*.yaml")) if "teacher" in yaml.safe_load(p.read_text())]
+    assert len(configs) >= 4
+    for p in configs:
+        load_config(p)
+        for profile in yaml.safe_load(p.read_text()).get("profiles") or {}:
+            load_config(p, profile)
+    table = yaml.safe_load((root / "eval" / "repro.yaml").read_text())
+    pipeline_rows = 0
+    for row in table["rows"]:
+        for cmd in row.get("commands", []):
+            words = shlex.split(cmd)
+            if words[:2] != ["rd", "pipeline"]:
+                continue
+            pipeline_rows += 1
+            args = words[3:]
+            profile = args[args.index("--profile") + 1] if "--profile" in args else None
+            sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+            load_config(root / words[2], profile, overrides=sets)
+    assert pipeline_rows >= 8

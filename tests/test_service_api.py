@@ -296,6 +296,7 @@ def test_oversized_body_is_413(client):
     big = b'{"query": "' + b"a" * (1 << 20) + b'"}'
     r = client.post("/search", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "exceeds the limit" in r.text
+    assert r.headers.get("connection") == "close"  # the unread body never becomes a next request
 
     def chunks():  # no Content-Length: the limit still holds for a streamed body
         yield b'{"query": "'
@@ -304,7 +305,8 @@ def test_oversized_body_is_413(client):
         yield b'"}'
 
     r = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 413
+    assert r.status_code == 413 and r.headers.get("connection") == "close"
+    assert client.post("/search", json={"query": "indexing", "k": 1}).status_code == 200
 
 
 def test_long_query_is_truncated_and_says_so(client):

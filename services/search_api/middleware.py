@@ -99,7 +99,9 @@ class ServiceMiddleware:
 
     async def _limit_body(self, scope: dict, receive: Callable, send: Callable) -> Callable | None:
         """Read the whole body (at most the limit, within the deadline); answer 413/400/408 and
-        return ``None`` if refused."""
+        return ``None`` if refused. A refusal before the body was read says ``Connection: close``
+        (as nginx does for 413): the unread rest of the body must not be parsed as the
+        connection's next request."""
         limit = self.max_body_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -108,10 +110,11 @@ class ServiceMiddleware:
                     if declared < 0:
                         raise ValueError
                 except ValueError:
-                    await _send_json(send, 400, {"detail": "malformed Content-Length header"})
+                    await _send_json(send, 400, {"detail": "malformed Content-Length header"}, close=True)
                     return None
                 if declared > limit:
-                    await _send_json(send, 413, {"detail": f"request body of {declared} bytes exceeds the limit of {limit} bytes"})
+                    await _send_json(send, 413, {"detail": f"request body of {declared} bytes exceeds the limit of {limit} bytes"},
+                                     close=True)
                     return None
         chunks: list[bytes] = []
         size = 0
@@ -133,7 +136,7 @@ class ServiceMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _send_json(send, 413, {"detail": f"request body exceeds the limit of {limit} bytes"})
+                await _send_json(send, 413, {"detail": f"request body exceeds the limit of {limit} bytes"}, close=True)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
