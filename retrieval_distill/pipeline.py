@@ -141,7 +141,8 @@ class Pipeline:
         if stage not in self.force and stamp_path.exists() and all(p.exists() for p in outputs):
             if json.loads(stamp_path.read_text()).get("fingerprint") == fp:
                 self.skipped.add(stage)
-                self.timings[stage] = 0.0
+                # the time of the run that made the outputs (reports show it marked as reused)
+                self.timings[stage] = float(json.loads(stamp_path.read_text()).get("seconds", 0.0))
                 self.echo(f"[{stage}] up to date, skipped")
                 return
         self.echo(f"[{stage}] running")
@@ -567,7 +568,10 @@ class Pipeline:
         from retrieval_distill.evaluation.report import write_report
 
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-        command = " ".join(["rd", "pipeline"] + sys.argv[2:]) if sys.argv[1:2] == ["pipeline"] else "rd pipeline"
+        args = sys.argv[2:]
+        args = [a for i, a in enumerate(args) if a != "--force" and (i == 0 or args[i - 1] != "--force")
+                and not a.startswith("--force=")]  # forcing a stage does not change what reproduces the figures
+        command = " ".join(["rd", "pipeline"] + args) if sys.argv[1:2] == ["pipeline"] else "rd pipeline"
         metrics = self.cfg.eval.metrics
         data = {
             split: {s: {**r.overall, "n_judged": r.n_judged} for s, r in t.items()} for split, t in tables.items()
@@ -593,13 +597,15 @@ class Pipeline:
                 + (". Test is the dataset's real queries, never seen in training." if self.has_test
                    else ". There is no judged test split: dev measures agreement with the teacher, not quality.")
             )
+        sections["Teacher"] = _teacher_section(data["teacher"])
         sections["Student"] = (
             f"Mode `{st['mode']}`"
             + (" (only the query tower trained, against the init's corpus vectors; the index holds those same vectors)"
                if st["mode"] == "query_side" else " (both towers trained; the corpus re-encoded by the student for the index)")
             + f"; training {st['train_seconds']} s"
-            + (f"; epoch {sel.get('epoch'):g} kept (best dev nDCG@10, {sel.get('dev_ndcg@10', 0):.4f})" if sel else "")
-            + ". Stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in data["stage_seconds"].items()) + "."
+            + (f"; epoch {sel.get('epoch'):g} kept (best dev nDCG@10, {_dev_figure(sel):.4f})" if sel else "")
+            + ". Stage wall times (s" + ("; * up to date here, the time of the run that made it" if self.skipped else "") + "): "
+            + ", ".join(f"{k} {v}{'*' if k in self.skipped else ''}" for k, v in data["stage_seconds"].items()) + "."
         )
         sections[f"Significance on {self.splits_used()[-1]} vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
         write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
@@ -733,6 +739,31 @@ class Pipeline:
             self.echo("\n" + _report_section(Path(self.cfg.eval.report), _table_heading(self.cfg.name, self.splits_used()[-1])))
             self.echo(f"\nreport: {self.cfg.eval.report} (dev table, significance tests, stage times)")
         return result
+
+
+def _dev_figure(selected: dict) -> float:
+    """The dev figure of a training card's ``dev_selected`` (its key names the evaluator:
+    ``dev_ndcg@10`` for query-side students, ``dev_cosine_ndcg@10`` for two-tower ones)."""
+    return next((float(v) for k, v in selected.items() if k not in ("epoch", "step")), float("nan"))
+
+
+def _teacher_section(rec: dict) -> str:
+    """The report's Teacher section from ``teacher/ensemble.json``: the kept teacher, its
+    members and dev-chosen weights, every candidate's dev figure, and the fit steps."""
+    spec, fit = rec["spec"], rec["dev_fit"]
+    metric = fit.get("metric", "ndcg@10")
+    members = ", ".join(f"{m.get('name') or m['kind']} {w:g}" for m, w in zip(spec.get("members", []), spec.get("weights", [])))
+    text = (f"Kept: `{spec.get('name')}` (members and weights: {members}; normalization {spec.get('normalization')}), "
+            f"{metric} on dev {fit['best']:.4f} (equal weights {fit['equal']:.4f}).")
+    if rec.get("candidates"):
+        text += " Candidates judged on dev: " + ", ".join(
+            f"`{c['name']}` {c[f'dev_{metric}']:.4f}" for c in rec["candidates"]) + "."
+    for folder, card in (rec.get("fit_steps") or {}).items():
+        losses = card.get("loss_history") or []
+        text += (f" Fit step `{folder}`: ColBERT projection {card['dim']}x{card['hidden']} over {card['model']} tokens, "
+                 f"{card['queries']} train queries, {card['epochs']} epochs"
+                 + (f", loss {losses[0]['loss']} -> {losses[-1]['loss']}" if losses else "") + f", {card['seconds']} s.")
+    return text
 
 
 def _table_heading(name: str, split: str, n_judged: int | None = None) -> str:

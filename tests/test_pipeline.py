@@ -66,6 +66,8 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     assert (work / "index" / "flat" / "CURRENT").exists() and (work / "index" / "hnsw32" / "CURRENT").exists()
     report = Path(tmp_path / "report.md").read_text()
     assert "nDCG@10" in report and "rd pipeline" in report
+    w = ens["spec"]["weights"]
+    assert f"Kept: `ensemble` (members and weights: bm25 {w[0]:g}, minilm {w[1]:g}; normalization zscore)" in report
     assert any(line.startswith("total wall time") for line in lines)
     # the run ends with the TEST table (its heading names the config), not dev's
     table = lines[-2]
