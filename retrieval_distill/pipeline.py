@@ -10,10 +10,16 @@ fingerprint of its inputs; a stage whose stamp matches and whose outputs exist i
 2. ``bm25``       Lucene index (Pyserini) and BM25 runs for train / dev / test
 3. ``init``       corpus embeddings of the student init (cached) and its dense runs
 4. ``candidates`` per query, the union of BM25 top-k and init top-k (TREC runs)
-5. ``teacher``    ensemble weights chosen on dev; teacher scores of every candidate written
-                  as the Parquet score file; teacher runs (reranked candidates)
+5. ``teacher``    fit steps first (a ColBERT member with ``projection: fit`` gets its
+                  projection fitted on train minus dev); then each candidate teacher
+                  (``teacher.candidates``, or the one inline) gets ensemble weights chosen on
+                  dev and the best on dev is kept (``teacher/ensemble.json`` records all);
+                  its scores of every candidate are written as the Parquet score file;
+                  teacher runs (reranked candidates)
 6. ``train``      the student, trained with the configured losses on the teacher's scores
-                  (synthetic queries with ``queries.positive: teacher`` are relabelled first)
+                  (synthetic queries with ``queries.positive: teacher`` are relabelled first);
+                  query-side students, and two-tower ones with ``student.keep: best``, keep
+                  the trained epoch with the best dev nDCG@10
 7. ``index``      student corpus embeddings and FAISS indexes (Flat, HNSW) with manifests
 8. ``eval``       runs of every system on dev and test, metrics (ranx), significance of
                   student vs init, Markdown + JSON report (a dataset without a test split,
