@@ -166,6 +166,7 @@ class EnsembleTeacher:
         doc_text,
         grid: list[float] | None = None,
         metric: str = "ndcg@10",
+        progress: bool = True,
     ) -> dict:
         """Choose member weights on a dev split by ``metric`` (ranx) and store them in the spec.
 
@@ -177,6 +178,8 @@ class EnsembleTeacher:
             grid: weight values tried for each member (default 0, 0.25, 0.5, 0.75, 1);
                 combinations are normalised to sum 1 and deduplicated; all-zero is skipped.
             metric: a ranx metric name.
+            progress: a progress bar (pairs scored, rate, ETA) over the members' dev scores,
+                which take minutes for a MaxSim or cross-encoder member.
 
         Returns:
             ``{"weights": best, "metric": metric, "best": value, "equal": value of equal
@@ -197,7 +200,15 @@ class EnsembleTeacher:
                 q_l.append(queries[q])
                 d_l.append(d)
                 p_l.append(get(d))
-        raw = self.member_scores(qid_l, q_l, d_l, p_l)
+        from tqdm.auto import tqdm
+
+        chunk, parts = 4096, []  # member scores are per pair, so chunks only pace the bar
+        with tqdm(total=len(qid_l), desc="teacher dev scores", unit="pair", disable=not progress) as bar:
+            for a in range(0, len(qid_l), chunk):
+                b = a + chunk
+                parts.append(self.member_scores(qid_l[a:b], q_l[a:b], d_l[a:b], p_l[a:b]))
+                bar.update(len(parts[-1][0]))
+        raw = np.concatenate(parts, axis=1)
         qr = Qrels({q: {d: int(g) for d, g in qrels[q].items()} for q in qids_judged})
 
         def value(w):
