@@ -145,10 +145,11 @@ class Pipeline:
     def run_stage(self, stage: str, inputs: dict, outputs: list[Path], fn: Callable[[], None]) -> None:
         stamp_path, fp = self._stamp(stage, inputs)
         if stage not in self.force and stamp_path.exists() and all(p.exists() for p in outputs):
-            if json.loads(stamp_path.read_text()).get("fingerprint") == fp:
+            stamp = json.loads(stamp_path.read_text())
+            if stamp.get("fingerprint") == fp:
                 self.skipped.add(stage)
                 # the time of the run that made the outputs (reports show it marked as reused)
-                self.timings[stage] = float(json.loads(stamp_path.read_text()).get("seconds", 0.0))
+                self.timings[stage] = float(stamp.get("seconds", 0.0))
                 self.echo(f"[{stage}] up to date, skipped")
                 return
         self.echo(f"[{stage}] running")
@@ -351,8 +352,11 @@ class Pipeline:
         for choice in choices:
             for m in choice.members:
                 fit = colbert_fit(m)
-                out = self._fit_dir(m) if fit else None
-                if fit is None or str(out.relative_to(self.work)) in cards:
+                if fit is None:
+                    continue
+                out = self._fit_dir(m)
+                key = str(out.relative_to(self.work))
+                if key in cards:
                     continue
                 inputs = {"member": m.model_dump(), "candidates": self._stamp_fp("candidates")}
                 done = out / "pipeline-inputs.json"
@@ -365,22 +369,20 @@ class Pipeline:
                     fit_colbert_projection(m.model, train.queries, train.qrels, cands, train.doc_text, out, options=opts,
                                            **fit.model_dump())
                     write_json_atomic(done, inputs)
-                card = json.loads((out / "fit.json").read_text())
-                self.echo(f"  teacher fit {m.display_name()}: ColBERT projection {card['dim']}x{card['hidden']} on "
-                          f"{card['queries']} train queries, loss {card['loss_history'][0]['loss'] if card['loss_history'] else '-'}"
-                          f" -> {card['loss_history'][-1]['loss'] if card['loss_history'] else '-'}, {card['seconds']} s")
-                cards[str(out.relative_to(self.work))] = card
+                cards[key] = json.loads((out / "fit.json").read_text())
+                self.echo(f"  teacher fit {m.display_name()}: {_fit_summary(cards[key])}")
         return cards
 
     def _member_spec(self, m):
         """Fill in work-dir dependent options (the BM25 index path; the fitted projection of a
         ``projection: fit`` ColBERT member)."""
-        if m.kind == "colbert" and (m.options or {}).get("projection") == "fit":
-            proj = self._fit_dir(m) / "projection.pt"
-            m = m.model_copy(deep=True)
-            m.options = {**{k: v for k, v in m.options.items() if k != "fit"}, "projection": str(proj)}
-            return m
+        from retrieval_distill.config import colbert_fit
+
+        fitted = colbert_fit(m) is not None
+        proj = self._fit_dir(m) / "projection.pt" if fitted else None
         m = m.model_copy(deep=True)
+        if fitted:
+            m.options = {**{k: v for k, v in m.options.items() if k != "fit"}, "projection": str(proj)}
         if m.kind == "bm25":
             m.options.setdefault("index", str(self.path("bm25-index")))
             m.options.setdefault("k1", self.cfg.candidates.bm25_k1)
@@ -478,11 +480,10 @@ class Pipeline:
                 sel = card.get("dev_selected") or {}
                 self.echo(f"  query-side student: {card.get('examples')} training queries, documents encoded "
                           f"{card.get('documents_encoded')}, dev-selected epoch {sel.get('epoch')} "
-                          f"(dev nDCG@10 {sel.get('dev_ndcg@10', float('nan')):.4f}), {card.get('train_seconds')} s")
+                          f"(dev nDCG@10 {_dev_figure(sel):.4f}), {card.get('train_seconds')} s")
             else:
                 sel = card.get("dev_selected") or {}
-                fig = next(((k, v) for k, v in sel.items() if k not in ("epoch", "step")), ("dev", float("nan")))
-                kept = f", dev-selected epoch {sel.get('epoch')} ({fig[0]} {fig[1]:.4f})" if sel else ""
+                kept = f", dev-selected epoch {sel.get('epoch')} (dev nDCG@10 {_dev_figure(sel):.4f})" if sel else ""
                 self.echo(f"  two-tower student: {card.get('examples')} training examples from "
                           f"{card.get('data', {}).get('queries')} queries, {card.get('steps')} steps{kept}, {card.get('train_seconds')} s")
 
@@ -765,11 +766,16 @@ def _teacher_section(rec: dict) -> str:
         text += " Candidates judged on dev: " + ", ".join(
             f"`{c['name']}` {c[f'dev_{metric}']:.4f}" for c in rec["candidates"]) + "."
     for folder, card in (rec.get("fit_steps") or {}).items():
-        losses = card.get("loss_history") or []
-        text += (f" Fit step `{folder}`: ColBERT projection {card['dim']}x{card['hidden']} over {card['model']} tokens, "
-                 f"{card['queries']} train queries, {card['epochs']} epochs"
-                 + (f", loss {losses[0]['loss']} -> {losses[-1]['loss']}" if losses else "") + f", {card['seconds']} s.")
+        text += f" Fit step `{folder}`: {_fit_summary(card)}."
     return text
+
+
+def _fit_summary(card: dict) -> str:
+    """One line of a ColBERT fit's ``fit.json`` card (the teacher stage's log and the report)."""
+    losses = card.get("loss_history") or []
+    return (f"ColBERT projection {card['dim']}x{card['hidden']} over {card['model']} tokens, "
+            f"{card['queries']} train queries, {card['epochs']} epochs"
+            + (f", loss {losses[0]['loss']} -> {losses[-1]['loss']}" if losses else "") + f", {card['seconds']} s")
 
 
 def _table_heading(name: str, split: str, n_judged: int | None = None) -> str:
