@@ -39,6 +39,7 @@ def serve(
     onnx_threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads per encode call (default 1)"),
     encode_workers: Optional[int] = typer.Option(None, help="threads encoding + searching micro-batches in parallel (default 1)"),
     body_timeout_s: Optional[float] = typer.Option(None, help="seconds a request body may take to arrive before 408 (default 5)"),
+    header_timeout_s: Optional[float] = typer.Option(None, help="seconds a connection may take to send its request headers before 408 + close (default 10)"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve the search API (POST /search, /search/batch; GET /healthz, /readyz, /metrics, /index)."""
@@ -55,6 +56,7 @@ def serve(
         "batch_max_wait_ms": batch_max_wait_ms, "torch_threads": torch_threads, "faiss_threads": faiss_threads,
         "query_backend": query_backend, "query_quantize": query_quantize, "onnx_threads": onnx_threads,
         "encode_workers": encode_workers, "body_timeout_s": body_timeout_s,
+        "header_timeout_s": header_timeout_s,
     }
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
@@ -68,7 +70,10 @@ def serve(
             typer.echo(f"warning: {m} index root {root} does not exist yet; /readyz answers 503 until it is built", err=True)
             continue
         _refuse_foreign_query_encoder(m, root, settings.model if m == "symmetric" else settings.asym_query_model)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    from services.search_api.protocol import protocol_class
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                http=protocol_class(settings.header_timeout_s))
 
 
 def _refuse_foreign_query_encoder(mode: str, root, query_model: str | None) -> None:

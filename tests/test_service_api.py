@@ -34,6 +34,7 @@ from conftest import ADI, PROJECT
 
 API_KEY = "test-admin-key"
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 2.0
 QUERIES = [
     "How can computer-based systems help with indexing documents?",
     "automatic abstracting and the evaluation of abstracts",
@@ -102,6 +103,7 @@ def server(stores, bm25_index):
         RD_RERANK_DEFAULT_DEPTH="10",
         RD_TORCH_THREADS="1",
         RD_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+        RD_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
     )
     teacher = json.dumps({"kind": "bm25", "options": {"index": str(bm25_index)}})
     cmd = [
@@ -458,6 +460,57 @@ def test_slow_bodies_time_out_and_do_not_hold_other_requests(server, client):
     assert elapsed >= BODY_TIMEOUT_S
     assert _in_flight(client) == 0
     assert client.post("/search", json={"query": QUERIES[0], "k": 1}).status_code == 200
+
+
+def test_slow_headers_time_out(server, client):
+    """Was: uvicorn times out only idle keep-alive connections, so a client that connected and
+    sent nothing, or a request line and then a header byte every second (slowloris), held its
+    connection forever. Now: closed at the header deadline, with 408 when it sent anything;
+    a keep-alive connection that sends complete requests slowly is untouched."""
+    host, port = server.removeprefix("http://").split(":")
+    silent = socket.create_connection((host, int(port)), timeout=HEADER_TIMEOUT_S + 20)
+    trickler = socket.create_connection((host, int(port)), timeout=HEADER_TIMEOUT_S + 20)
+    polite = socket.create_connection((host, int(port)), timeout=HEADER_TIMEOUT_S + 20)
+    t0 = time.monotonic()
+    request = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 29\r\n\r\n{\"query\": \"citation\", \"k\": 1}")
+    assert len(request.split(b"\r\n\r\n")[1]) == 29
+    try:
+        trickler.sendall(b"GET /healthz HTTP/1.1\r\n")
+        answers = {silent: b"", trickler: b""}
+        closed: set = set()
+        polite_answers = []
+        sent = 0
+        while len(closed) < 2 and time.monotonic() - t0 < HEADER_TIMEOUT_S + 20:
+            elapsed = time.monotonic() - t0
+            if elapsed < HEADER_TIMEOUT_S - 0.5:  # trickle a header line, stop before the deadline
+                trickler.sendall(b"X-Slow-%d: 1\r\n" % sent)
+                sent += 1
+            if len(polite_answers) < 3 and elapsed > 0.8 * len(polite_answers):
+                # a complete request every 0.8 s on one keep-alive connection: 3 requests over
+                # more than the header deadline, each answered
+                polite.sendall(request)
+                data = b""
+                while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                    data += polite.recv(65536)
+                polite_answers.append(data)
+            ready, _, _ = select.select([sk for sk in answers if sk not in closed], [], [], 0.3)
+            for sk in ready:
+                chunk = sk.recv(4096)
+                answers[sk] += chunk
+                if not chunk:
+                    closed.add(sk)
+        elapsed = time.monotonic() - t0
+    finally:
+        for sk in (silent, trickler, polite):
+            sk.close()
+    assert len(closed) == 2, "a connection without complete headers was left open"
+    assert elapsed >= HEADER_TIMEOUT_S * 0.9
+    assert answers[silent] == b""  # nothing sent, nothing answered: just closed
+    assert answers[trickler].startswith(b"HTTP/1.1 408 "), answers[trickler][:200]
+    assert b"connection: close" in answers[trickler].lower()
+    assert len(polite_answers) == 3 and all(a.startswith(b"HTTP/1.1 200 ") for a in polite_answers)
+    assert client.get("/healthz").status_code == 200
 
 
 def test_hot_swap_under_load_drops_nothing(server, stores, adi):

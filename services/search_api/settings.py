@@ -75,6 +75,10 @@ class ServiceSettings(BaseSettings):
             request reaching the app, else 408 and the connection is closed (uvicorn has no
             body-read timeout: a client sending headers and part of a body held a connection,
             and a seat in the micro-batcher's in-flight count, forever).
+        header_timeout_s: a connection must send a request's complete header block within this
+            many seconds of connecting (or of the first byte of its next keep-alive request),
+            else 408 if it sent anything, and it is closed (``rd serve`` only:
+            :mod:`services.search_api.protocol`; uvicorn times out only idle connections).
         max_batch_queries: most queries in one ``POST /search/batch``.
         batch_max_size: micro-batching: most queries encoded in one forward pass.
         batch_max_wait_ms: micro-batching: longest a query waits for companions (milliseconds);
@@ -114,6 +118,7 @@ class ServiceSettings(BaseSettings):
     max_query_chars: int = Field(2_000, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024)
     body_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
+    header_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
     max_batch_queries: int = Field(256, ge=1)
 
     batch_max_size: int = Field(32, ge=1)
