@@ -97,6 +97,12 @@ def test_compare_cli(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
     r = runner.invoke(app, ["eval", "compare", str(BM25_RUN), "--qrels", str(DL19_QRELS), "--baseline", "nope"])
     assert r.exit_code == 2 and "baseline 'nope'" in r.output
+    # --tests: an empty list, an empty item, an unknown name or a repeat is refused, not ignored
+    for tests, says in (("", "no empty item"), ("t-test,", "no empty item"), ("wilcoxon", "unknown test(s) wilcoxon"),
+                        ("fisher,Fisher", "names a test twice")):
+        r = runner.invoke(app, ["eval", "compare", str(BM25_RUN), f"tasb={TREC_DL / 'runs' / 'D_BERT_KD_TASB.dl19.trec'}",
+                                "--qrels", str(DL19_QRELS), "--baseline", "BM25", "--tests", tests])
+        assert r.exit_code == 2 and says in r.output, (tests, r.output)
 
 
 def test_run_bm25_matches_searcher(adi_bm25_run, tmp_path):

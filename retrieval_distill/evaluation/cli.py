@@ -29,11 +29,20 @@ app = typer.Typer(help="Evaluation: make TREC runs, score them (ranx, trec_eval 
 CLI_METRICS = "ndcg@10,mrr@10,recall@100,recall@1000,map"
 
 
-def _metrics(text: str) -> list[str]:
-    ms = [m.strip() for m in text.replace(" ", ",").split(",") if m.strip()]
-    if not ms:
-        raise typer.BadParameter("no metric given")
-    return ms
+def _test_list(text: str) -> list[str]:
+    """``--tests``: one or both of ``t-test`` and ``fisher``, comma-separated, each once
+    (raises ValueError naming what is wrong: an empty list, an unknown name, a repeat)."""
+    from retrieval_distill.evaluation.compare import TESTS
+
+    ts = [t.strip().lower() for t in text.split(",")]
+    if not text.strip() or any(not t for t in ts):
+        raise ValueError(f"--tests {text!r}: give a comma-separated list of {', '.join(TESTS)} with no empty item")
+    bad = [t for t in ts if t not in TESTS]
+    if bad:
+        raise ValueError(f"--tests: unknown test(s) {', '.join(bad)}; use {', '.join(TESTS)}")
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"--tests {text!r} names a test twice")
+    return ts
 
 
 def resolve_qrels(spec: str, split: str | None = None, on_unknown: str = "error") -> dict[str, dict[str, int]]:
@@ -176,7 +185,7 @@ def compare_cmd(
         with _echo_data_warnings():
             q = resolve_qrels(qrels, split, on_unknown="warn" if allow_unknown else "error")
         rs = load_runs(runs)
-        res = compare(q, rs, baseline, ms, tests=_metrics(tests), correction=correction, alpha=alpha,
+        res = compare(q, rs, baseline, ms, tests=_test_list(tests), correction=correction, alpha=alpha,
                       rel_threshold=rel_threshold, n_permutations=n_permutations,
                       out_md=out_md, out_json=out_json, out_png=out_png)
     except (FileNotFoundError, DataFormatError, ValueError) as e:
