@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from retrieval_distill.distill.train import TrainConfig
+from retrieval_distill.distill.train import LossSpec, TrainConfig
 from retrieval_distill.teachers.base import TeacherSpec
 from retrieval_distill.utils import read_yaml_mapping
 
@@ -197,6 +197,11 @@ class IndexConfig(_Strict):
     encode_batch_size: int = 16
 
 
+# Losses that read no teacher score or embedding: what a same-budget supervised baseline may use
+# (query-side corpus InfoNCE; two-tower in-batch InfoNCE with the same hard negatives).
+TEACHER_FREE_LOSSES = ("corpus_infonce", "infonce")
+
+
 class StudentConfig(_Strict):
     """How the ``train`` stage trains the student (``student:`` in a pipeline config).
 
@@ -217,11 +222,18 @@ class StudentConfig(_Strict):
         query_side: options of :class:`~retrieval_distill.distill.query_side.QuerySideSpec`
             other than ``documents`` (``projection``, ``projection_lr``, ``corpus_sample``,
             ``max_candidates``...).
+        baseline: also train the **same-budget supervised baseline** (the ``baseline`` stage):
+            the same job (queries, negatives, epochs, steps, seed, dev selection) with only the
+            losses that use no teacher. ``true``: ``train.losses`` minus the teacher terms
+            (``corpus_infonce`` / ``infonce`` stay); a list: those losses instead. The report
+            then tests the student against it (paired t-test and Fisher randomisation), so a
+            distillation figure always stands beside what the qrels alone give.
     """
 
     mode: Literal["two_tower", "query_side"] = "two_tower"
     query_side: dict[str, Any] = Field(default_factory=dict)
     keep: Literal["best", "last"] | None = None
+    baseline: bool | list[LossSpec] = False
 
     @property
     def selects_epoch(self) -> bool:
@@ -265,6 +277,34 @@ class PipelineConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def baseline_losses(self) -> list[LossSpec]:
+        """The losses of the ``baseline`` stage (empty when ``student.baseline`` is off)."""
+        b = self.student.baseline
+        if b is False:
+            return []
+        if b is True:
+            return [l for l in self.train.losses if l.name in TEACHER_FREE_LOSSES]
+        return list(b)
+
+    @model_validator(mode="after")
+    def _baseline(self):
+        b = self.student.baseline
+        if b is False:
+            return self
+        losses = self.baseline_losses()
+        if not losses:
+            raise ValueError("student.baseline: true keeps the losses that use no teacher "
+                             f"({', '.join(TEACHER_FREE_LOSSES)}), and train.losses has none; give the "
+                             "baseline's losses as a list (student.baseline: [{name: infonce}])")
+        bad = [l.name for l in losses if l.name not in TEACHER_FREE_LOSSES]
+        if bad:
+            raise ValueError(f"student.baseline losses {bad} use the teacher: a supervised baseline may only use "
+                             f"{', '.join(TEACHER_FREE_LOSSES)}")
+        if [l.model_dump() for l in losses] == [l.model_dump() for l in self.train.losses]:
+            raise ValueError("student.baseline would train the student's own losses again: the student uses no "
+                             "teacher term, so it is its own baseline")
+        return self
 
     @model_validator(mode="after")
     def _report_path(self):

@@ -20,10 +20,13 @@ fingerprint of its inputs; a stage whose stamp matches and whose outputs exist i
                   (synthetic queries with ``queries.positive: teacher`` are relabelled first);
                   query-side students, and two-tower ones with ``student.keep: best``, keep
                   the trained epoch with the best dev nDCG@10
+   ``baseline``   only with ``student.baseline``: the same-budget supervised baseline, the
+                  train stage's job with only its teacher-free losses (same queries,
+                  negatives, steps, seed, dev selection), and its dev/test runs
 7. ``index``      student corpus embeddings and FAISS indexes (Flat, HNSW) with manifests
 8. ``eval``       runs of every system on dev and test, metrics (ranx), significance of
-                  student vs init, Markdown + JSON report (a dataset without a test split,
-                  such as a corpus-only folder, is reported on dev only)
+                  student vs init (and vs the baseline), Markdown + JSON report (a dataset
+                  without a test split, such as a corpus-only folder, is reported on dev only)
 
 Every stage prints its wall time; the run ends with the metrics table.
 """
@@ -57,7 +60,7 @@ class Pipeline:
         echo: where progress lines go (default: print).
     """
 
-    STAGES = ("queries", "splits", "bm25", "init", "candidates", "teacher", "train", "index", "eval")
+    STAGES = ("queries", "splits", "bm25", "init", "candidates", "teacher", "train", "baseline", "index", "eval")
 
     def __init__(self, cfg: PipelineConfig, force: set[str] | None = None, echo: Callable[[str], None] = print):
         self.cfg = cfg
@@ -225,13 +228,16 @@ class Pipeline:
         enc = Encoder(model, batch_size=self.cfg.index.encode_batch_size)
         return encode_corpus(enc, self.collection("test"), self.path("embeddings", name))
 
-    def _dense_runs(self, model: str, emb_name: str, tag: str, k: int) -> None:
+    def _dense_runs(self, model: str, emb_name: str, tag: str, k: int, query_model: str | None = None,
+                    splits: list[str] | None = None) -> None:
+        """Exact top-``k`` runs ``runs/{tag}.{split}.trec``: documents encoded by ``model``
+        (cached under ``embeddings/{emb_name}``), queries by ``query_model`` (default ``model``)."""
         from retrieval_distill.evaluation.runs import write_run
         from retrieval_distill.models.encoder import Encoder
 
         docids, emb = self._embeddings(model, emb_name)
-        enc = Encoder(model)
-        for split in self.splits_used():
+        enc = Encoder(query_model or model)
+        for split in splits or self.splits_used():
             coll = self.collection(split)
             qids = list(coll.queries)
             qe = enc.encode_queries([coll.queries[q] for q in qids])
@@ -396,13 +402,14 @@ class Pipeline:
             docids, emb = self._embeddings(spec.model, name)
             teacher.set_document_embeddings(docids, emb)
 
-    def _student_job(self, out: Path):
+    def _student_job(self, out: Path, losses=None):
         """The :class:`~retrieval_distill.distill.job.StudentJob` of the ``train`` stage, run by
         :func:`~retrieval_distill.distill.job.train_from_config` (the path ``rd student
         train`` takes too). Train minus dev of :meth:`_train_folder`; ``two_tower``: the
         train candidates (the relabelled lists for teacher positives) and the teacher's
         train scores; ``query_side``: the init's corpus embeddings as the frozen documents,
-        the teacher's scores when a loss needs them, dev = the carved split, best epoch kept."""
+        the teacher's scores when a loss needs them, dev = the carved split, best epoch kept.
+        ``losses`` replaces ``train.losses`` (the ``baseline`` stage's teacher-free job)."""
         from retrieval_distill.distill.job import DevSpec, StudentJob
         from retrieval_distill.distill.query_side import TEACHER_TERMS, QuerySideSpec
 
@@ -415,8 +422,9 @@ class Pipeline:
         dev_qids = self.path("splits", "dev.qids")
         dev_qids.parent.mkdir(parents=True, exist_ok=True)
         dev_qids.write_text("".join(q + "\n" for q in dev))
+        train = self.cfg.train if losses is None else self.cfg.train.model_copy(update={"losses": list(losses)})
         job = {"mode": self.cfg.student.mode, "collection": coll, "split": split,
-               "exclude_qids_file": str(dev_qids), "output": str(out), "train": self.cfg.train}
+               "exclude_qids_file": str(dev_qids), "output": str(out), "train": train}
         if self.cfg.student.mode == "two_tower":
             tpos = self.synthetic and self.cfg.queries.positive == "teacher"
             job["candidates"] = str(self.path("queries", "teacher-positives", "candidates.trec") if tpos
@@ -426,7 +434,7 @@ class Pipeline:
         if self.cfg.student.selects_epoch:
             job["dev"] = DevSpec(collection=coll, split=split, qids_file=str(dev_qids),
                                  metrics=list(self.cfg.eval.metrics), each_epoch=True, keep="best")
-        if self.cfg.student.mode == "two_tower" or any(l.name in TEACHER_TERMS for l in self.cfg.train.losses):
+        if self.cfg.student.mode == "two_tower" or any(l.name in TEACHER_TERMS for l in train.losses):
             manifest = json.loads(self.path("teacher", "scores", "train", "manifest.json").read_text())
             job.update(scores=str(self.path("teacher", "scores", "train")), teacher=manifest.get("teacher_name"),
                        teacher_fingerprint=manifest.get("teacher_fingerprint"))
@@ -489,10 +497,46 @@ class Pipeline:
 
         inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
         if self.cfg.student.mode != "two_tower" or self.cfg.student.keep is not None:  # older two_tower stamps stay valid
-            inputs["student"] = self.cfg.student.model_dump()
+            inputs["student"] = self.cfg.student.model_dump(exclude={"baseline"})  # the baseline stage has its own stamp
         if self.synthetic:
             inputs["positive"] = self.cfg.queries.positive
         self.run_stage("train", inputs, [out / "training_card.json"], go)
+
+    def baseline(self) -> None:
+        """The same-budget supervised baseline (``student.baseline``): the train stage's job
+        with only the teacher-free losses (same queries, negatives, epochs, seed, dev
+        selection), into ``models/baseline``, and its dev/test runs ``runs/baseline.*.trec``
+        (query-side: against the init's corpus vectors, as the student; two-tower: the
+        corpus re-encoded by the baseline, exact search)."""
+        losses = self.cfg.baseline_losses()
+        if not losses:
+            return
+        out = self.path("models", "baseline")
+        splits = self.splits_used()[1:]
+        outs = [out / "training_card.json"] + [self.path("runs", f"baseline.{s}.trec") for s in splits]
+
+        def go():
+            from retrieval_distill.distill.job import train_from_config
+
+            train_from_config(self._student_job(out, losses=losses))
+            card = json.loads((out / "training_card.json").read_text())
+            sel = card.get("dev_selected") or {}
+            kept = f", dev-selected epoch {sel.get('epoch')} (dev nDCG@10 {_dev_figure(sel):.4f})" if sel else ""
+            self.echo(f"  baseline ({', '.join(l.name for l in losses)}; no teacher): {card.get('steps')} steps{kept}, "
+                      f"{card.get('train_seconds')} s")
+            if self.cfg.student.mode == "query_side":
+                self._dense_runs(self.cfg.student_init, "init", "baseline", self.cfg.candidates.dense_k,
+                                 query_model=str(out), splits=splits)
+            else:
+                self._dense_runs(str(out), "baseline", "baseline", self.cfg.candidates.dense_k, splits=splits)
+
+        inputs = {"losses": [l.model_dump() for l in losses], "train": self.cfg.train.model_dump(exclude={"losses"}),
+                  "student": self.cfg.student.model_dump(), "teacher": self._stamp_fp("teacher"),
+                  "candidates": self._stamp_fp("candidates")}
+        if self.synthetic:
+            inputs["positive"] = self.cfg.queries.positive
+            inputs["train_stage"] = self._stamp_fp("train")  # the teacher-relabelled folder the train stage writes
+        self.run_stage("baseline", inputs, outs, go)
 
     def index(self) -> None:
         ic = self.cfg.index
@@ -541,19 +585,25 @@ class Pipeline:
 
             store = IndexStore(self.path("index", self.cfg.index.factories[0].lower()))
             searcher = DenseSearcher(store.current(), self._student_encoder())
-            tables = {}
+            systems = SYSTEMS + (("baseline",) if self.cfg.baseline_losses() else ())
+            tables, cmp_base = {}, None
             last = self.splits_used()[-1]  # test, or dev for a dataset without a test split
             for split in self.splits_used()[1:]:
                 coll = self._eval_collection(split)
                 res = searcher.batch_search(coll.queries, k=self.cfg.candidates.dense_k)
                 write_run(self.path("runs", f"student.{split}.trec"), {q: {h.docid: h.score for h in hs} for q, hs in res.items()}, tag="student")
-                runs = {s: read_run(self.path("runs", f"{s}.{split}.trec")) for s in SYSTEMS}
+                runs = {s: read_run(self.path("runs", f"{s}.{split}.trec")) for s in systems}
                 tables[split] = {s: evaluate(coll.qrels, r, ec.metrics) for s, r in runs.items()}
                 if split == last:
                     cmp = compare(coll.qrels, runs, baseline="init", metrics=ec.metrics, out_png=report_md.with_suffix(".png"))
-            result.update(self._write_report(tables, cmp, report_md))
+                    if "baseline" in systems:
+                        cmp_base = compare(coll.qrels, {"baseline": runs["baseline"], "student": runs["student"]},
+                                           baseline="baseline", metrics=ec.metrics)
+            result.update(self._write_report(tables, cmp, report_md, cmp_base))
 
         inputs = {"eval": ec.model_dump(), "index": self._stamp_fp("index"), "teacher": self._stamp_fp("teacher")}
+        if self.cfg.baseline_losses():
+            inputs["baseline"] = self._stamp_fp("baseline")
         self.run_stage("eval", inputs, outs, go)
         if not result:
             result.update(json.loads(report_md.with_suffix(".json").read_text()))
@@ -570,7 +620,7 @@ class Pipeline:
             coll = relabelled.subset([q for q in coll.queries if q in relabelled.queries], name=f"{coll.name} (teacher positives)")
         return coll
 
-    def _write_report(self, tables, cmp, report_md: Path) -> dict:
+    def _write_report(self, tables, cmp, report_md: Path, cmp_base=None) -> dict:
         from retrieval_distill.evaluation.metrics import format_table
         from retrieval_distill.evaluation.report import write_report
 
@@ -593,6 +643,11 @@ class Pipeline:
         sections = {
             _table_heading(self.cfg.name, split, t["student"].n_judged): format_table(t, metrics) for split, t in tables.items()
         }
+        if cmp_base is not None:
+            bcard = json.loads(self.path("models", "baseline", "training_card.json").read_text())
+            data["baseline"] = {"losses": [l.model_dump() for l in self.cfg.baseline_losses()],
+                                "train_seconds": bcard.get("train_seconds"), "dev_selected": bcard.get("dev_selected")}
+            data["significance_vs_baseline"] = cmp_base.to_dict()
         st, sel = data["student"], data["student"]["dev_selected"] or {}
         if self.synthetic:
             qc = self.cfg.queries
@@ -614,6 +669,17 @@ class Pipeline:
             + ". Stage wall times (s" + ("; * up to date here, the time of the run that made it" if self.skipped else "") + "): "
             + ", ".join(f"{k} {v}{'*' if k in self.skipped else ''}" for k, v in data["stage_seconds"].items()) + "."
         )
+        if cmp_base is not None:
+            b, bsel = data["baseline"], data["baseline"]["dev_selected"] or {}
+            sections["Same-budget baseline"] = (
+                f"`baseline`: the student's job with only the teacher-free losses ({', '.join(l['name'] for l in b['losses'])}): "
+                "the same training queries, negatives, epochs, steps and seed"
+                + (", the same dev selection" if sel else "")
+                + f"; training {b['train_seconds']} s"
+                + (f"; epoch {bsel.get('epoch'):g} kept (dev nDCG@10 {_dev_figure(bsel):.4f})" if bsel else "")
+                + ". What the teacher adds is the student's difference from it, tested below "
+                "(`student.baseline` in the config).\n\n" + cmp_base.to_markdown()
+            )
         sections[f"Significance on {self.splits_used()[-1]} vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
         write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
                      sections=sections, command=command, commit=commit, data=data)
@@ -731,7 +797,8 @@ class Pipeline:
             self.preflight()
         if not self.has_test:
             self.echo(f"{self.cfg.dataset}: no judged queries (corpus only): training on synthetic queries, reported on dev")
-        steps = [self.queries, self.splits, self.bm25, self.init, self.candidates, self.teacher, self.train, self.index, self.evaluate]
+        steps = [self.queries, self.splits, self.bm25, self.init, self.candidates, self.teacher, self.train, self.baseline,
+                 self.index, self.evaluate]
         result = {}
         for name, step in zip(self.STAGES, steps):
             r = step()

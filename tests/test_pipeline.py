@@ -80,7 +80,9 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     again = Pipeline(load_config(cfg_path), echo=lines.append)
     again.run()
     # every stage but `queries` (the dataset has training queries: no synthetic ones are made)
-    assert again.skipped == set(Pipeline.STAGES) - {"queries"} and "queries" not in again.timings
+    # and not `baseline` (student.baseline is off: the stage does nothing and records nothing)
+    assert again.skipped == set(Pipeline.STAGES) - {"queries", "baseline"} and "queries" not in again.timings
+    assert "baseline" not in again.timings and "baseline" not in result
     # a skipped stage's time is the one of the run that made its outputs (the report marks it)
     assert again.timings["init"] == json.loads((work / "stamps" / "init.json").read_text())["seconds"] > 0
     # changing the training config reruns train and everything after it, not before
@@ -97,7 +99,7 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     from retrieval_distill.index.store import IndexStore
 
     cfg4 = load_config(cfg_path)
-    cfg4.student = StudentConfig(mode="query_side")
+    cfg4.student = StudentConfig(mode="query_side", baseline=True)
     cfg4.train.losses = [LossSpec(name="corpus_infonce", options={"temperature": 0.05}),
                          LossSpec(name="listwise_kl", options={"teacher_temperature": 1.0, "student_temperature": 0.05})]
     cfg4.train.epochs = 2
@@ -114,6 +116,36 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     assert manifest.encoder.fingerprint == init_key["encoder_fingerprint"]
     assert manifest.extra["student_mode"] == "query_side" and manifest.query_encoder.name == str(work / "models" / "student")
     assert 0.0 <= res4["test"]["student"]["ndcg@10"] <= 1.0 and res4["test"]["student"]["n_judged"] == 15
+    # student.baseline: the same job without the teacher term (same queries, epochs, seed, dev
+    # selection), tested against in the report
+    bcard = json.loads((work / "models" / "baseline" / "training_card.json").read_text())
+    assert [l["name"] for l in bcard["losses"]] == ["corpus_infonce"] and not bcard.get("teacher")
+    assert bcard["steps"] == card["steps"] and bcard["examples"] == card["examples"] and bcard["documents_encoded"] == 0
+    assert len(bcard["dev_per_epoch"]) == 3
+    from retrieval_distill.evaluation.metrics import evaluate
+    from retrieval_distill.evaluation.runs import read_run
+    from retrieval_distill.data.collections import load_collection
+    test_qrels = load_collection(adi_split, split="test").qrels
+    b_ndcg = evaluate(test_qrels, read_run(work / "runs" / "baseline.test.trec"), ["ndcg@10"]).overall["ndcg@10"]
+    assert res4["test"]["baseline"]["ndcg@10"] == pytest.approx(b_ndcg)
+    sig = res4["significance_vs_baseline"]
+    assert sig["baseline"] == "baseline" and any(r["run"] == "student" for r in sig["comparisons"])
+    report4 = Path(tmp_path / "report.md").read_text()
+    assert "## Same-budget baseline" in report4 and "| baseline |" in report4
+    # a baseline that keeps the teacher, or none left, is refused before anything runs
+    from retrieval_distill.config import PipelineConfig
+    raw = cfg4.model_dump()
+    for baseline, says in (([{"name": "listwise_kl"}], "use the teacher"), (True, None)):
+        raw["student"]["baseline"] = baseline
+        if says:
+            with pytest.raises(ValueError, match=says):
+                PipelineConfig.model_validate(raw)
+    raw["train"]["losses"] = [{"name": "listwise_kl"}]  # nothing teacher-free left for `true`
+    with pytest.raises(ValueError, match="has none"):
+        PipelineConfig.model_validate(raw)
+    raw["train"]["losses"] = [{"name": "corpus_infonce"}]  # the student is its own baseline
+    with pytest.raises(ValueError, match="its own baseline"):
+        PipelineConfig.model_validate(raw)
 
 
 def test_pipeline_config_refuses_bad_student_section(tmp_path):
