@@ -37,6 +37,27 @@ def test_ir_datasets_registration(tmp_path):
     assert sum(1 for _ in ds.queries_iter()) == 35
 
 
+def test_ir_datasets_download_failure_is_a_clear_error():
+    """Was: an ir_datasets id that must be downloaded, on a machine without internet, ended
+    in requests' traceback. Now: FileNotFoundError naming the id, the reason and the offline
+    way (a local BEIR folder). The download is ir_datasets' own: a registered dataset whose
+    documents cannot be fetched stands in for it (no network in tests)."""
+    import ir_datasets
+    import requests
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import BaseDocs
+
+    class _Unreachable(BaseDocs):
+        def docs_iter(self):
+            raise requests.exceptions.ConnectionError("Failed to resolve 'example.invalid'")
+
+    if "rd-test/unreachable" not in ir_datasets.registry:
+        ir_datasets.registry.register("rd-test/unreachable", Dataset(_Unreachable()))
+    with pytest.raises(FileNotFoundError, match=r"'rd-test/unreachable': ir_datasets could not download or read it "
+                                                r"\(ConnectionError: Failed to resolve 'example.invalid'\)\. Offline, give a local BEIR folder"):
+        load_collection("rd-test/unreachable")
+
+
 def _beir(tmp_path, corpus_lines, query_lines, qrels_text):
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text("\n".join(corpus_lines) + "\n")

@@ -326,13 +326,21 @@ def _load_ir_datasets(dataset_id: str) -> Collection:
             f"dataset {dataset_id!r}: not a folder, not under the local data roots "
             f"({', '.join(map(str, data_roots()))}), and not an ir_datasets id"
         ) from None
-    corpus = {d.doc_id: {"title": getattr(d, "title", "") or "", "text": d.text} for d in ds.docs_iter()}
-    queries = {q.query_id: q.text for q in ds.queries_iter()} if ds.has_queries() else {}
-    qrels: dict[str, dict[str, int]] = {}
-    if ds.has_qrels():
-        for r in ds.qrels_iter():
-            qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
-        queries = {q: t for q, t in queries.items() if q in qrels}
+    try:
+        corpus = {d.doc_id: {"title": getattr(d, "title", "") or "", "text": d.text} for d in ds.docs_iter()}
+        queries = {q.query_id: q.text for q in ds.queries_iter()} if ds.has_queries() else {}
+        qrels: dict[str, dict[str, int]] = {}
+        if ds.has_qrels():
+            for r in ds.qrels_iter():
+                qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+            queries = {q: t for q, t in queries.items() if q in qrels}
+    except (OSError, RuntimeError, ValueError) as e:  # requests' errors are OSErrors; ir_datasets raises these
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise FileNotFoundError(
+            f"dataset {dataset_id!r}: ir_datasets could not download or read it ({reason[:300]}). Offline, give a local "
+            f"BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) or an id under the local data roots "
+            f"({', '.join(map(str, data_roots()))})"
+        ) from e
     return Collection(name=dataset_id, corpus=corpus, queries=queries, qrels=qrels)
 
 
