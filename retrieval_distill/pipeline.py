@@ -303,14 +303,15 @@ class Pipeline:
             fits = self._fit_members(tc.choices())
             # 1. each candidate teacher: member weights chosen on dev (grid search by nDCG@10
             #    over the dev candidates); the best candidate on dev is kept
-            tried = []
+            tried, dev_scores = [], {}  # a member shared by several candidates is scored on dev once
             for choice in tc.choices():
                 members = [self._member_spec(m) for m in choice.members]
                 spec = TeacherSpec(kind="ensemble", members=members, normalization=choice.normalization, name=choice.name)
                 cand = build_teacher(spec)
                 for m_t, m_spec in zip(cand.members, members):
                     self._prime(m_t, m_spec)
-                fit = cand.fit_weights(dev.qrels, dev_cands, dev.queries, doc_text, grid=choice.weight_grid)
+                fit = cand.fit_weights(dev.qrels, dev_cands, dev.queries, doc_text, grid=choice.weight_grid,
+                                       member_cache=dev_scores)
                 self.echo(f"  teacher {choice.name}: weights {fit['weights']} ({fit['metric']} on dev {fit['best']:.4f}; "
                           f"equal weights {fit['equal']:.4f})")
                 tried.append((fit["best"], choice.name, cand, fit))

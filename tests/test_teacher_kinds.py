@@ -198,6 +198,17 @@ def test_ensemble_fit_weights_on_dev(adi, adi_bm25_run):
     for q, d, x in zip(qid_l, d_l, s):
         r.setdefault(q, {})[d] = float(x)
     assert evaluate(Qrels({q: adi.qrels[q] for q in judged}), Run(r), "ndcg@10") == pytest.approx(res["best"], abs=1e-9)
+    # member_cache: a member shared by two candidate teachers is scored on dev once; the second
+    # ensemble (BM25 alone) reads its scores and finds the same figure as BM25's row above
+    cache: dict = {}
+    ens.fit_weights(adi.qrels, cands, adi.queries, adi.doc_text, grid=[0.0, 0.5, 1.0], member_cache=cache)
+    assert len(cache) == 2
+    bm25_only = build_teacher({"kind": "ensemble", "members": [{"kind": "bm25", "options": {"index": str(index)}}]})
+    calls = []
+    orig = bm25_only.members[0].score_ids
+    bm25_only.members[0].score_ids = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    res1 = bm25_only.fit_weights(adi.qrels, cands, adi.queries, adi.doc_text, grid=[1.0], member_cache=cache)
+    assert calls == [] and len(cache) == 2 and res1["best"] == pytest.approx(tried[(1.0, 0.0)], abs=1e-9)
 
 
 def test_parse_spec(tmp_path):

@@ -167,6 +167,7 @@ class EnsembleTeacher:
         grid: list[float] | None = None,
         metric: str = "ndcg@10",
         progress: bool = True,
+        member_cache: dict | None = None,
     ) -> dict:
         """Choose member weights on a dev split by ``metric`` (ranx) and store them in the spec.
 
@@ -180,6 +181,10 @@ class EnsembleTeacher:
             metric: a ranx metric name.
             progress: a progress bar (pairs scored, rate, ETA) over the members' dev scores,
                 which take minutes for a MaxSim or cross-encoder member.
+            member_cache: a dict shared between calls: a member's raw dev scores are kept
+                there under (its fingerprint, the pair list) and reused by a later call, so a
+                member listed in several candidate teachers is scored once (the pipeline's
+                teacher list).
 
         Returns:
             ``{"weights": best, "metric": metric, "best": value, "equal": value of equal
@@ -202,13 +207,22 @@ class EnsembleTeacher:
                 p_l.append(get(d))
         from tqdm.auto import tqdm
 
-        chunk, parts = 4096, []  # member scores are per pair, so chunks only pace the bar
-        with tqdm(total=len(qid_l), desc="teacher dev scores", unit="pair", disable=not progress) as bar:
-            for a in range(0, len(qid_l), chunk):
-                b = a + chunk
-                parts.append(self.member_scores(qid_l[a:b], q_l[a:b], d_l[a:b], p_l[a:b]))
-                bar.update(len(parts[-1][0]))
-        raw = np.concatenate(parts, axis=1)
+        pairs_key = fingerprint_obj([qid_l, d_l, q_l])
+        keys = [(m.fingerprint, pairs_key) for m in self.members]
+        cache = member_cache if member_cache is not None else {}
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if todo:
+            chunk, parts = 4096, []  # member scores are per pair, so chunks only pace the bar
+            with tqdm(total=len(qid_l), desc="teacher dev scores", unit="pair", disable=not progress) as bar:
+                for a in range(0, len(qid_l), chunk):
+                    b = a + chunk
+                    parts.append(np.stack([score_pairs(self.members[i], qid_l[a:b], q_l[a:b], d_l[a:b], p_l[a:b])
+                                           for i in todo]))
+                    bar.update(parts[-1].shape[1])
+            fresh = np.concatenate(parts, axis=1)
+            for j, i in enumerate(todo):
+                cache[keys[i]] = fresh[j]
+        raw = np.stack([cache[k] for k in keys])
         qr = Qrels({q: {d: int(g) for d, g in qrels[q].items()} for q in qids_judged})
 
         def value(w):
