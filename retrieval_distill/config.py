@@ -30,12 +30,21 @@ def _first_error(e: ValidationError) -> str:
 
 class SplitConfig(_Strict):
     """Which qrels splits are used. ``dev_size`` queries are carved out of ``train`` with
-    ``seed`` (fixed), and every choice is made on dev; ``test`` is only reported."""
+    ``seed`` (fixed), and every choice is made on dev; ``test`` is only reported.
+
+    ``dev_documents: unseen`` draws dev only among the train queries whose relevant documents
+    are relevant to no other train query, so that no dev-relevant document is a training
+    positive. A student trained over a fixed corpus (query-side above all) learns which
+    documents get cited; a dev whose relevant documents it trained on rewards that memory
+    (on SciFact, 181 of the 283 test-relevant documents are train positives, and dev carved at
+    random from train picks the epoch that memorises most). ``any`` (default): any judged query.
+    """
 
     train: str = "train"
     test: str = "test"
     dev_size: int = Field(120, ge=1)
     seed: int = 13
+    dev_documents: Literal["any", "unseen"] = "any"
 
 
 class CandidateConfig(_Strict):

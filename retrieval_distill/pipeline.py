@@ -38,6 +38,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from itertools import product
 from pathlib import Path
 from typing import Callable
@@ -190,11 +191,23 @@ class Pipeline:
         def go():
             full = self.train_source()
             qids = sorted(full.judged_qids())
-            dev = sorted(random.Random(c.seed).sample(qids, min(c.dev_size, len(qids) // 4)))
+            pool = qids
+            if c.dev_documents == "unseen":  # queries whose relevant documents no other query shares
+                cited = Counter(d for q in qids for d, g in full.qrels[q].items() if g > 0)
+                pool = [q for q in qids if all(cited[d] == 1 for d, g in full.qrels[q].items() if g > 0)]
+                if len(pool) < min(c.dev_size, len(qids) // 4):
+                    raise ValueError(f"splits.dev_documents: unseen: only {len(pool)} of {len(qids)} train queries have "
+                                     f"relevant documents no other query shares; dev_size is {c.dev_size}")
+            dev = sorted(random.Random(c.seed).sample(pool, min(c.dev_size, len(qids) // 4)))
             dev_set = set(dev)
-            write_json_atomic(self.path("splits.json"), {"dev": dev, "train": [q for q in qids if q not in dev_set], "seed": c.seed})
+            record = {"dev": dev, "train": [q for q in qids if q not in dev_set], "seed": c.seed}
+            if c.dev_documents != "any":
+                record["dev_documents"] = c.dev_documents
+                self.echo(f"  dev: {len(dev)} of the {len(pool)} train queries whose relevant documents no other query shares")
+            write_json_atomic(self.path("splits.json"), record)
 
-        inputs = {"dataset": self.cfg.dataset, **c.model_dump()}
+        # dev_documents only in the stamp when set: stamps of runs made before it stay valid
+        inputs = {"dataset": self.cfg.dataset, **c.model_dump(exclude={"dev_documents"} if c.dev_documents == "any" else None)}
         if self.synthetic:  # older stamps (dataset queries) stay valid
             inputs["queries"] = self._stamp_fp("queries")
         self.run_stage("splits", inputs, [self.path("splits.json")], go)

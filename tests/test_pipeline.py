@@ -479,3 +479,31 @@ def test_every_shipped_pipeline_config_profile_and_repro_command_loads():
             sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
             load_config(root / words[2], profile, overrides=sets)
     assert pipeline_rows >= 8
+
+
+def test_unseen_documents_dev_split(adi_split, tmp_path):
+    """splits.dev_documents: unseen draws dev only among train queries whose relevant
+    documents no other train query shares: no dev-relevant document is a training positive."""
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.pipeline import Pipeline
+
+    cfg = PipelineConfig.model_validate(_adi_cfg(adi_split, tmp_path, splits={"dev_size": 4, "seed": 1, "dev_documents": "unseen"}))
+    lines: list[str] = []
+    Pipeline(cfg, echo=lines.append).splits()
+    sp = json.loads((tmp_path / "work" / "splits.json").read_text())
+    qrels = load_collection(adi_split, split="train").qrels
+    rel = lambda qs: {d for q in qs for d, g in qrels[q].items() if g > 0}  # noqa: E731
+    assert len(sp["dev"]) == 4 and sp["dev_documents"] == "unseen" and len(sp["train"]) == 16
+    assert not rel(sp["dev"]) & rel(sp["train"])
+    pool = [q for q in qrels if not rel([q]) & rel([o for o in qrels if o != q])]
+    assert set(sp["dev"]) <= set(pool) and any("train queries whose relevant documents" in l for l in lines)
+    # the default draws from every judged query (and its stamp is the one of runs made before the option)
+    cfg2 = PipelineConfig.model_validate(_adi_cfg(adi_split, tmp_path / "b", splits={"dev_size": 4, "seed": 1}))
+    Pipeline(cfg2, echo=lines.append).splits()
+    assert "dev_documents" not in json.loads((tmp_path / "b" / "work" / "splits.json").read_text())
+    # too few such queries for dev_size: a clear error
+    cfg3 = PipelineConfig.model_validate(_adi_cfg(adi_split, tmp_path / "c", splits={"dev_size": 5, "seed": 1, "dev_documents": "unseen"}))
+    assert len(pool) == 4  # of ADI's 20 train queries here
+    with pytest.raises(ValueError, match="only 4 of 20 train queries have relevant documents no other query shares"):
+        Pipeline(cfg3, echo=lines.append).splits()
