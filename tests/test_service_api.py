@@ -404,6 +404,17 @@ def _in_flight(client) -> float:
     raise AssertionError("rd_search_in_flight not exported")
 
 
+def _read_ready(answers: dict, closed: set, timeout: float) -> None:
+    """Append what the open sockets of ``answers`` have to read within ``timeout`` seconds;
+    a socket that reads end-of-stream goes into ``closed``."""
+    ready, _, _ = select.select([sk for sk in answers if sk not in closed], [], [], timeout)
+    for sk in ready:
+        chunk = sk.recv(4096)
+        answers[sk] += chunk
+        if not chunk:
+            closed.add(sk)
+
+
 def test_slow_bodies_time_out_and_do_not_hold_other_requests(server, client):
     """Was: headers plus part of a body held a connection forever, and each one counted as a
     search in flight, so the micro-batcher waited for it. Now: 408 + close after the body
@@ -443,12 +454,7 @@ def test_slow_bodies_time_out_and_do_not_hold_other_requests(server, client):
         deadline = time.monotonic() + BODY_TIMEOUT_S + 20
         while len(closed) < len(socks) and time.monotonic() < deadline:
             trickle()
-            ready, _, _ = select.select([sk for sk in socks if sk not in closed], [], [], 0.4)
-            for sk in ready:
-                chunk = sk.recv(4096)
-                answers[sk] += chunk
-                if not chunk:
-                    closed.add(sk)
+            _read_ready(answers, closed, 0.4)
         elapsed = time.monotonic() - t0
     finally:
         for sk in socks:
@@ -494,12 +500,7 @@ def test_slow_headers_time_out(server, client):
                 while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
                     data += polite.recv(65536)
                 polite_answers.append(data)
-            ready, _, _ = select.select([sk for sk in answers if sk not in closed], [], [], 0.3)
-            for sk in ready:
-                chunk = sk.recv(4096)
-                answers[sk] += chunk
-                if not chunk:
-                    closed.add(sk)
+            _read_ready(answers, closed, 0.3)
         elapsed = time.monotonic() - t0
     finally:
         for sk in (silent, trickler, polite):
