@@ -243,3 +243,42 @@ def test_doc_states_of_an_earlier_job_are_reused_and_checked(adi, adi_bm25_run, 
         build_teacher({**spec, "options": {"doc_maxlen": 64, "doc_states": str(tmp_path / "A")}})
     with pytest.raises(FileNotFoundError, match="not a score folder"):
         build_teacher({**spec, "options": {**spec["options"], "doc_states": str(tmp_path / "nowhere")}})
+
+
+def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run, tmp_path, monkeypatch):
+    """``dtype: bf16``: the scoring job checks bf16 against fp32 on real pairs before it
+    encodes any document, records the check in the manifest, and ranks like fp32; a drift
+    past the tolerance stops the job before the pass; the option enters the fingerprint."""
+    from retrieval_distill.teachers.scoring import load_manifest, read_scores, score_candidates
+    from retrieval_distill.teachers.speed import SpeedCheckError
+
+    _, run = adi_bm25_run
+    (tmp_path / "c.trec").write_text("".join(ln + "\n" for ln in open(run).read().splitlines() if int(ln.split()[0]) <= 6))
+    spec = {"kind": "colbert", "name": "maxsim", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128}}
+    bf = {**spec, "options": {**spec["options"], "dtype": "bf16"}}
+    kw = dict(corpus_ids=adi.corpus.keys(), progress=False)
+    score_candidates(spec, tmp_path / "c.trec", adi.queries, adi.doc_text, tmp_path / "fp32", **kw)
+    score_candidates(bf, tmp_path / "c.trec", adi.queries, adi.doc_text, tmp_path / "bf16", **kw)
+    check = load_manifest(tmp_path / "bf16")["speed_check"]
+    # the first shard: all 60 pairs of the 6 queries (fewer than check_sample, 64)
+    assert check["option"] == "bf16" and check["n"] == 60 and check["spearman"] >= 0.98
+    a, b = (read_scores(tmp_path / x).sort_values(["qid", "docid"]).reset_index(drop=True) for x in ("fp32", "bf16"))
+    assert a[["qid", "docid"]].equals(b[["qid", "docid"]])
+    assert not np.array_equal(a["score"], b["score"])  # bf16 really ran
+    spread = a["score"].std()
+    assert np.abs(a["score"] - b["score"]).max() < 0.1 * spread
+    from scipy.stats import spearmanr
+
+    assert spearmanr(a["score"], b["score"]).statistic > 0.98
+    assert build_teacher(bf).fingerprint != build_teacher(spec).fingerprint
+
+    import retrieval_distill.teachers.scoring as scoring
+
+    passes: list[int] = []
+    monkeypatch.setattr(scoring, "prepare_document_state", lambda t, ids, *a, **k: passes.append(len(ids)) or [])
+    strict = {**bf, "options": {**bf["options"], "rel_tol": 1e-9}}
+    with pytest.raises(SpeedCheckError):
+        score_candidates(strict, tmp_path / "c.trec", adi.queries, adi.doc_text, tmp_path / "strict", **kw)
+    assert passes == []  # stopped before the document pass
+    with pytest.raises(ValueError, match="dtype must be"):
+        build_teacher({**spec, "options": {"dtype": "fp16"}})

@@ -609,6 +609,8 @@ def score_candidates(
 
     t_all = time.perf_counter()
     chunks: list[tuple[str, list[str]]] = []
+    if todo and callable(getattr(teacher, "check_speed", None)):  # a speed option fails before the long pass
+        teacher.check_speed(list(todo[0].queries), list(todo[0].passages))
     if todo and has_document_state(teacher):
         need = sorted({d for s in shards for d in s.docids})
         chunks = prepare_document_state(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
