@@ -499,15 +499,12 @@ class Pipeline:
             train_from_config(self._student_job(out))
             card = json.loads((out / "training_card.json").read_text())
             if self.cfg.student.mode == "query_side":
-                sel = card.get("dev_selected") or {}
                 self.echo(f"  query-side student: {card.get('examples')} training queries, documents encoded "
-                          f"{card.get('documents_encoded')}, dev-selected epoch {sel.get('epoch')} "
-                          f"(dev nDCG@10 {_dev_figure(sel):.4f}), {card.get('train_seconds')} s")
+                          f"{card.get('documents_encoded')}{_kept_epoch(card)}, {card.get('train_seconds')} s")
             else:
-                sel = card.get("dev_selected") or {}
-                kept = f", dev-selected epoch {sel.get('epoch')} (dev nDCG@10 {_dev_figure(sel):.4f})" if sel else ""
                 self.echo(f"  two-tower student: {card.get('examples')} training examples from "
-                          f"{card.get('data', {}).get('queries')} queries, {card.get('steps')} steps{kept}, {card.get('train_seconds')} s")
+                          f"{card.get('data', {}).get('queries')} queries, {card.get('steps')} steps{_kept_epoch(card)}, "
+                          f"{card.get('train_seconds')} s")
 
         inputs = {"train": self.cfg.train.model_dump(), "teacher": self._stamp_fp("teacher")}
         if self.cfg.student.mode != "two_tower" or self.cfg.student.keep is not None:  # older two_tower stamps stay valid
@@ -534,9 +531,7 @@ class Pipeline:
 
             train_from_config(self._student_job(out, losses=losses))
             card = json.loads((out / "training_card.json").read_text())
-            sel = card.get("dev_selected") or {}
-            kept = f", dev-selected epoch {sel.get('epoch')} (dev nDCG@10 {_dev_figure(sel):.4f})" if sel else ""
-            self.echo(f"  baseline ({', '.join(l.name for l in losses)}; no teacher): {card.get('steps')} steps{kept}, "
+            self.echo(f"  baseline ({', '.join(l.name for l in losses)}; no teacher): {card.get('steps')} steps{_kept_epoch(card)}, "
                       f"{card.get('train_seconds')} s")
             if self.cfg.student.mode == "query_side":
                 self._dense_runs(self.cfg.student_init, "init", "baseline", self.cfg.candidates.dense_k,
@@ -833,6 +828,13 @@ def _dev_figure(selected: dict) -> float:
     """The dev figure of a training card's ``dev_selected`` (its key names the evaluator:
     ``dev_ndcg@10`` for query-side students, ``dev_cosine_ndcg@10`` for two-tower ones)."""
     return next((float(v) for k, v in selected.items() if k not in ("epoch", "step")), float("nan"))
+
+
+def _kept_epoch(card: dict) -> str:
+    """The log phrase for a training card's dev-selected epoch, e.g. ``", dev-selected epoch 5
+    (dev nDCG@10 0.7728)"``; empty when the card has no dev selection."""
+    sel = card.get("dev_selected") or {}
+    return f", dev-selected epoch {sel.get('epoch')} (dev nDCG@10 {_dev_figure(sel):.4f})" if sel else ""
 
 
 def _teacher_section(rec: dict) -> str:
