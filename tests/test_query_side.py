@@ -21,6 +21,7 @@ from retrieval_distill.distill.query_losses import (
     QueryBatch,
     QuerySideLoss,
     QueryTables,
+    positives_first,
 )
 
 
@@ -50,6 +51,24 @@ def test_listwise_kl_ignores_padding():
     want = sum(t * (math.log(t) - math.log(p)) for t, p in zip(pt, ps))
     got = CandidateListwiseKL(teacher_temperature=1.0, student_temperature=0.1)(_batch(cand_s=cs, cand_t=ct, cand_mask=mask))
     assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_positives_first_reassigns_the_teachers_scores():
+    # Knowledge Adjustment: the positives take the top scores (in their own teacher order), the
+    # rest keep the teacher's order; padding stays 0
+    t = torch.tensor([[3.0, 2.0, 1.0, 0.0], [5.0, 4.0, 6.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    pos = torch.tensor([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    want = torch.tensor([[2.0, 1.0, 3.0, 0.0], [4.0, 6.0, 5.0, 0.0], [3.0, 1.0, 4.0, 2.0]])
+    assert torch.equal(positives_first(t, pos, mask), want)
+    # a teacher that already ranks the positive first is unchanged
+    assert torch.equal(positives_first(want[:1], pos[:1], mask[:1]), want[:1])
+    # the KL term with the option is the plain KL against the adjusted scores
+    cs = torch.tensor([[0.3, 0.1, 0.2, 0.0]])
+    kw = dict(cand_s=cs, cand_mask=mask[:1], cand_pos=pos[:1])
+    adj = CandidateListwiseKL(positives_first=True)(_batch(cand_t=t[:1], **kw))
+    assert adj.item() == pytest.approx(CandidateListwiseKL()(_batch(cand_t=want[:1], **kw)).item(), rel=1e-6)
+    assert adj.item() != pytest.approx(CandidateListwiseKL()(_batch(cand_t=t[:1], **kw)).item(), rel=1e-3)
 
 
 def test_margin_mse_over_positive_negative_pairs():

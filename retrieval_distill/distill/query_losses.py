@@ -80,6 +80,29 @@ class CorpusInfoNCE(nn.Module):
     citation = "van den Oord et al. 2018, arXiv:1807.03748; DensePhrases query-side fine-tuning, Lee et al. 2021, arXiv:2012.12624"
 
 
+def positives_first(t: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+    """Knowledge Adjustment for ranked lists: the teacher's scores of each row, reassigned so
+    the qrels positives take its top scores and every other candidate keeps the teacher's
+    order (the multiset of scores, hence the distribution's shape, is unchanged). Wen et al.
+    2021, "Preparing Lessons: Improve Knowledge Distillation with Better Supervision",
+    Neurocomputing 454, arXiv:1911.07471 (KA swaps the teacher's top class with the true
+    one; with one positive per list this is that swap).
+
+    Args:
+        t: float ``(B, C)`` teacher scores; pos, mask: bool ``(B, C)`` positives, real candidates.
+
+    Returns:
+        float ``(B, C)``: adjusted scores (0 where padded). Example: scores (3, 2, 1) with the
+        positive last become (2, 1, 3).
+    """
+    real = mask & torch.isfinite(t)
+    span = (t.masked_fill(~real, 0).amax(-1, keepdim=True) - t.masked_fill(~real, 0).amin(-1, keepdim=True)) + 1.0
+    key = torch.where(pos & real, t + span, t).masked_fill(~real, float("-inf"))
+    rank = key.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    ordered = t.masked_fill(~real, float("-inf")).sort(dim=-1, descending=True).values
+    return ordered.gather(1, rank).masked_fill(~real, 0.0)
+
+
 class CandidateListwiseKL(nn.Module):
     """KL from the teacher's distribution over a query's whole candidate list to the
     student's (RocketQAv2, Ren et al. 2021, arXiv:2110.07367; Tamber et al. 2025,
@@ -90,20 +113,27 @@ class CandidateListwiseKL(nn.Module):
     Args:
         teacher_temperature: tau_t in teacher-score units.
         student_temperature: tau_s in student-score units (0.05 for cosine).
+        positives_first: reassign the teacher's scores so each query's qrels positives get
+            its top scores before the softmax (:func:`positives_first`, Knowledge Adjustment):
+            the teacher's order of the other candidates is kept, and where it ranks a
+            non-relevant document above the judged one the KL no longer pulls against the
+            InfoNCE term.
     """
 
     needs_teacher = True
 
-    def __init__(self, teacher_temperature: float = 1.0, student_temperature: float = 0.05):
+    def __init__(self, teacher_temperature: float = 1.0, student_temperature: float = 0.05, positives_first: bool = False):
         super().__init__()
         if teacher_temperature <= 0 or student_temperature <= 0:
             raise ValueError("temperatures must be > 0")
         self.teacher_temperature = float(teacher_temperature)
         self.student_temperature = float(student_temperature)
+        self.positives_first = bool(positives_first)
 
     def forward(self, b: QueryBatch) -> Tensor:
         log_ps = _masked_log_softmax(b.cand_s / self.student_temperature, b.cand_mask)
-        log_pt = _masked_log_softmax(b.cand_t / self.teacher_temperature, b.cand_mask)
+        t = positives_first(b.cand_t, b.cand_pos, b.cand_mask) if self.positives_first else b.cand_t
+        log_pt = _masked_log_softmax(t / self.teacher_temperature, b.cand_mask)
         kl = torch.where(b.cand_mask, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_ps))
         return kl.sum(-1).mean()
 
