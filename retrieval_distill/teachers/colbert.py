@@ -40,8 +40,10 @@ Options: ``batch_size`` (32), ``query_maxlen`` (64), ``doc_maxlen`` (256), ``dty
 (``fp32`` or ``bf16``: the encoder's forward pass under ``torch.autocast`` in bfloat16; it
 enters the fingerprint, and before its first scores it is checked against fp32 on
 ``check_sample`` (64) real pairs, ``rel_tol`` (0.1) / ``min_spearman`` (0.98), see
-:mod:`retrieval_distill.teachers.speed`; all-mpnet-base-v2 token passes ran about 1.9x faster
-in bf16 on an AVX-512-BF16 CPU, ``eval/bench/colbert_bf16.py``), ``markers``
+:mod:`retrieval_distill.teachers.speed`; on an AVX-512-BF16 CPU all-mpnet-base-v2 token passes
+ran 1.4x faster with another job on the cores (``eval/bench/colbert_bf16.py``) and the SciFact
+fit's pass over 2,056 documents took 8.7 min against about 21 min in fp32; without bf16 units
+autocast emulates it and is slower: measure first), ``markers``
 (``[q_marker, d_marker]`` or null), ``augment`` (false), ``projection`` (``identity``,
 ``checkpoint``, or a ``.pt``/``.npy`` path of a (dim_out, dim_in) matrix),
 ``skip_special`` (true), ``skip_punctuation`` (true), ``cache_documents`` (true),
