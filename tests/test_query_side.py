@@ -42,6 +42,18 @@ def test_corpus_infonce_by_hand():
     assert got.item() == pytest.approx(want, rel=1e-6)
 
 
+def test_corpus_infonce_skips_queries_without_a_positive():
+    # a query kept without a positive (query_side.unlabeled) adds nothing: the batch's term is
+    # the labelled query's alone, not halved; a batch of unlabelled queries gives 0
+    s = torch.tensor([[0.5, 0.2, -0.1], [0.9, 0.0, 0.3]])
+    pos = torch.tensor([[True, False, False], [False, False, False]])
+    loss = CorpusInfoNCE(temperature=0.1)
+    alone = loss(_batch(logits_docs=s[:1], pos_cols=pos[:1]))
+    assert loss(_batch(logits_docs=s, pos_cols=pos)).item() == pytest.approx(alone.item(), rel=1e-6)
+    assert alone.item() == pytest.approx(math.log(math.exp(5) + math.exp(2) + math.exp(-1)) - 5, rel=1e-6)
+    assert loss(_batch(logits_docs=s[1:], pos_cols=pos[1:])).item() == 0.0
+
+
 def test_listwise_kl_ignores_padding():
     # candidates a, b and one padded slot; teacher 2.0, 0.0 (tau_t 1); student 0.3, 0.1 (tau_s 0.1)
     cs, ct = torch.tensor([[0.3, 0.1, 0.0]]), torch.tensor([[2.0, 0.0, 0.0]])
@@ -336,3 +348,35 @@ def test_check_counts_the_tables_and_trains_nothing(frozen, tmp_path):
     assert facts["mode"] == "query_side" and facts["documents_encoded"] == 0 and facts["teacher"]["name"] == "bm25"
     assert facts["data"]["queries"] == 35 and facts["data"]["candidates_per_query"] == pytest.approx(15.0)
     assert facts["dev_judged_queries"] == 35 and not (tmp_path / "s").exists()
+
+
+def test_unlabeled_queries_are_kept_for_the_teacher_terms(frozen, tmp_path):
+    """``query_side.unlabeled``: a judged query whose judgements are all grade 0 (a synthetic
+    query judged on its source only) is kept with its teacher candidates and no positive;
+    without the option it is dropped; a job without teacher terms keeps it too (same batches)."""
+    import os
+
+    folder = tmp_path / "adi"
+    (folder / "qrels").mkdir(parents=True)
+    os.symlink(S.ADI / "corpus.jsonl", folder / "corpus.jsonl")
+    (folder / "queries.jsonl").write_text((S.ADI / "queries.jsonl").read_text())
+    rows = (S.ADI / "qrels" / "test.tsv").read_text().splitlines()
+    head, body = (rows[0] + "\n", rows[1:]) if not rows[0].split("\t")[-1].strip().isdigit() else ("", rows)
+    qids = list(dict.fromkeys(r.split("\t")[0] for r in body))
+    zero = set(qids[:5])
+    (folder / "qrels" / "test.tsv").write_text(head + "".join(
+        ("\t".join(r.split("\t")[:2] + ["0"]) if r.split("\t")[0] in zero else r) + "\n" for r in body))
+
+    def check(**qs):
+        cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "s"), collection=str(folder),
+                      query_side={"documents": str(frozen["store"]), **qs})
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "c.yaml"), "--check"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)["data"]
+
+    d = check()
+    assert d["queries"] == 30 and d["unlabeled"] == 0  # only queries with a positive are training queries
+    d = check(unlabeled=True)
+    assert d["queries"] == 35 and d["unlabeled"] == 5 and d["dropped"]["no_positive"] == 0
+    assert d["candidates_per_query"] == pytest.approx(15.0)  # the unlabeled ones keep their teacher lists

@@ -59,6 +59,9 @@ class CorpusInfoNCE(nn.Module):
 
         L_b = mean_{p in P_b} [ logsumexp_d(s_bd / tau) - s_bp / tau ]
 
+    averaged over the batch's queries that have a positive (a query kept without one, see
+    ``QuerySideSpec.unlabeled``, adds nothing; a batch with none gives 0).
+
     Args:
         temperature: tau in student-score units (0.05 for cosine scores).
     """
@@ -75,7 +78,11 @@ class CorpusInfoNCE(nn.Module):
         logits = b.logits_docs / self.temperature
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         per = (lse - logits) * b.pos_cols
-        return (per.sum(-1) / b.pos_cols.sum(-1).clamp(min=1)).mean()
+        n_pos = b.pos_cols.sum(-1)
+        labelled = n_pos > 0
+        if not labelled.any():
+            return logits.sum() * 0.0
+        return (per.sum(-1)[labelled] / n_pos[labelled]).mean()
 
     citation = "van den Oord et al. 2018, arXiv:1807.03748; DensePhrases query-side fine-tuning, Lee et al. 2021, arXiv:2012.12624"
 

@@ -83,6 +83,12 @@ class QuerySideSpec(BaseModel):
             too large for a ``(batch, n_docs)`` product).
         max_candidates: keep each query's top-``max_candidates`` candidates by teacher score
             (``None``: the whole list the score folder holds).
+        unlabeled: keep judged training queries that have no positive (every judgement grade
+            0, e.g. synthetic queries judged only on their source document): they train only
+            the teacher terms, the teacher being their one label (Augmented SBERT, Thakur et
+            al. 2021, arXiv:2010.08240; GPL, Wang et al. 2022, arXiv:2112.07577). A job without
+            teacher terms (the same-budget baseline) keeps them too, with an empty loss, so both
+            see the same batches and steps. ``False``: only queries with a positive train.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -94,6 +100,7 @@ class QuerySideSpec(BaseModel):
     ridge: float = Field(1.0, ge=0)
     corpus_sample: int | None = Field(None, gt=0)
     max_candidates: int | None = Field(None, gt=1)
+    unlabeled: bool = False
 
     @model_validator(mode="after")
     def _init_documents(self):
@@ -284,10 +291,11 @@ def check_query_encoder(query_model: str | os.PathLike, index_encoder_fingerprin
 
 # --------------------------------------------------------------------------- data
 def build_tables(collection, qids: Sequence[str], documents: FrozenDocuments,
-                 teacher_scores: dict[str, dict[str, float]] | None, max_candidates: int | None = None
-                 ) -> tuple[list[str], "QueryTables", dict]:
+                 teacher_scores: dict[str, dict[str, float]] | None, max_candidates: int | None = None,
+                 unlabeled: bool = False) -> tuple[list[str], "QueryTables", dict]:
     """Rows of the training queries: positives (grade >= 1) and teacher candidates as
-    document rows.
+    document rows. ``unlabeled``: a query without a positive is kept (see
+    :class:`QuerySideSpec`) instead of dropped.
 
     Returns:
         ``(qids kept, tables, counts)``; counts say how many queries were dropped and why.
@@ -302,9 +310,10 @@ def build_tables(collection, qids: Sequence[str], documents: FrozenDocuments,
     from retrieval_distill.distill.query_losses import QueryTables
     rows_pos, rows_cand, rows_t, kept = [], [], [], []
     dropped = {"no_positive": 0, "no_teacher_scores": 0}
+    n_unlabeled = 0
     for q in qids:
         rel = sorted(d for d, g in collection.qrels.get(q, {}).items() if g > 0)
-        if not rel:
+        if not rel and not unlabeled:
             dropped["no_positive"] += 1
             continue
         missing = [d for d in rel if d not in documents.row]
@@ -339,6 +348,9 @@ def build_tables(collection, qids: Sequence[str], documents: FrozenDocuments,
             rows_t.append(ts)
         rows_pos.append([documents.row[d] for d in rel])
         kept.append(q)
+        n_unlabeled += not rel
+    if kept and n_unlabeled == len(kept):
+        raise TrainingDataError(f"none of the {len(kept)} training queries has a positive (grade >= 1) in {collection.name}")
     if not kept:
         raise TrainingDataError(f"no training query left ({len(qids)} given; dropped: {dropped})")
 
@@ -357,7 +369,7 @@ def build_tables(collection, qids: Sequence[str], documents: FrozenDocuments,
     else:
         cand = pad(rows_cand, -1, torch.int64)
         cand_t = pad(rows_t, 0.0, torch.float32)
-    counts = {"queries": len(kept), "dropped": dropped, "positives": int((pos >= 0).sum()),
+    counts = {"queries": len(kept), "unlabeled": n_unlabeled, "dropped": dropped, "positives": int((pos >= 0).sum()),
               "candidates_per_query": float((cand >= 0).sum(1).float().mean()) if cand.shape[1] else 0.0}
     return kept, QueryTables(pos, cand, cand_t), counts
 
@@ -424,7 +436,8 @@ def prepare_query_side(job) -> dict[str, Any]:
     if spec.projection_init == "ridge_documents":
         _init_documents(spec, cfg.init)  # checked here so `--check` catches it
     coll = load_collection(job.collection, split=job.split)
-    qids = coll.judged_qids()
+    # unlabeled: every query with a qrels row (grade-0 only included); else those with a positive
+    qids = [q for q in coll.queries if q in coll.qrels] if spec.unlabeled else coll.judged_qids()
     if job.qids_file:
         keep = _read_qids(job.qids_file)
         unknown = sorted(keep - set(coll.queries))
@@ -450,7 +463,7 @@ def prepare_query_side(job) -> dict[str, Any]:
             teacher_scores.setdefault(q, {})[d] = float(s)
         facts["teacher"] = {"name": manifest.get("teacher_name"), "fingerprint": manifest.get("teacher_fingerprint"),
                             "scale": manifest.get("scale"), "spec": manifest.get("teacher")}
-    kept, tables, counts = build_tables(coll, qids, docs, teacher_scores, spec.max_candidates)
+    kept, tables, counts = build_tables(coll, qids, docs, teacher_scores, spec.max_candidates, spec.unlabeled)
     facts["data"] = {"collection": job.collection, "split": job.split, "scores": job.scores, **counts}
     return {"docs": docs, "collection": coll, "qids": kept, "tables": tables, "terms": terms, "facts": facts}
 

@@ -1,0 +1,64 @@
+"""Build the training folder and teacher candidates of scifact-colbert-mpnet-unlabeled.yaml.
+
+* ``work/synth/scifact-plus-sent1500``: a BEIR folder with SciFact's corpus (a symlink, never a
+  copy), its queries plus the synthetic ones of ``rd queries synth --kinds sentence``, and a
+  train qrels file holding SciFact's train qrels plus each synthetic query judged **grade 0** on
+  its source document: a judged query without a positive, which ``query_side.unlabeled`` keeps
+  for the teacher terms only.
+* ``work/synth/train-plus-sent1500.trec``: the pipeline's train candidate lists (its 689 train
+  queries) plus each synthetic query's dense top 50 without its source document (the source
+  is a copy of the query's words: the teacher would make it the answer, and real queries do
+  not reward copying).
+
+    python eval/configs/query_side/unlabeled_folder.py [--synth work/synth/scifact-sent1500]
+        [--dense work/synth/sent1500.dense50.trec] [--train-candidates work/scifact-colbert-mpnet/candidates/train.trec]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scifact", default="../shared/data/beir/scifact")
+    ap.add_argument("--synth", default="work/synth/scifact-sent1500")
+    ap.add_argument("--dense", default="work/synth/sent1500.dense50.trec")
+    ap.add_argument("--train-candidates", default="work/scifact-colbert-mpnet/candidates/train.trec")
+    ap.add_argument("--out", default="work/synth/scifact-plus-sent1500")
+    ap.add_argument("--candidates-out", default="work/synth/train-plus-sent1500.trec")
+    ap.add_argument("--depth", type=int, default=50)
+    a = ap.parse_args(argv)
+    S, out = Path(a.scifact).resolve(), Path(a.out)
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    if not (out / "corpus.jsonl").exists():
+        os.symlink(S / "corpus.jsonl", out / "corpus.jsonl")
+    syn = [json.loads(ln) for ln in open(Path(a.synth) / "queries.jsonl")]
+    rows = open(Path(a.synth) / "qrels" / "train.tsv").read().splitlines()[1:]
+    src = {r.split("\t")[0]: r.split("\t")[1] for r in rows}
+    with open(out / "queries.jsonl", "w") as f:
+        for ln in open(S / "queries.jsonl"):
+            f.write(ln if ln.endswith("\n") else ln + "\n")
+        for q in syn:
+            f.write(json.dumps({"_id": q["_id"], "text": q["text"]}) + "\n")
+    with open(out / "qrels" / "train.tsv", "w") as f:
+        f.write(open(S / "qrels" / "train.tsv").read().rstrip("\n") + "\n")
+        for q in syn:
+            f.write(f"{q['_id']}\t{src[q['_id']]}\t0\n")
+    lines = open(a.train_candidates).read().splitlines()
+    n: dict[str, int] = {}
+    for ln in open(a.dense):
+        q, _, d, _, s, _ = ln.split()
+        if d == src[q] or n.get(q, 0) >= a.depth:
+            continue
+        n[q] = n.get(q, 0) + 1
+        lines.append(f"{q} Q0 {d} {n[q]} {s} dense")
+    Path(a.candidates_out).write_text("\n".join(lines) + "\n")
+    print(f"{out}: {len(syn)} synthetic queries; {a.candidates_out}: {len(lines)} lines, {len(n)} synthetic queries")
+
+
+if __name__ == "__main__":
+    main()
