@@ -271,6 +271,10 @@ def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run
 
     assert spearmanr(a["score"], b["score"]).statistic > 0.98
     assert build_teacher(bf).fingerprint != build_teacher(spec).fingerprint
+    # inside an ensemble (the pipeline's teacher stage) the member's check reaches the manifest too
+    ens = {"kind": "ensemble", "name": "ens", "normalization": "none", "members": [bf]}
+    score_candidates(ens, tmp_path / "c.trec", adi.queries, adi.doc_text, tmp_path / "ens", **kw)
+    assert load_manifest(tmp_path / "ens")["speed_check"]["maxsim"]["option"] == "bf16"
 
     import retrieval_distill.teachers.scoring as scoring
 

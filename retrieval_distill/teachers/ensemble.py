@@ -114,6 +114,13 @@ class EnsembleTeacher:
         return list(self.spec.weights)
 
     @property
+    def speed_check(self) -> dict | None:
+        """The fp32 checks of members that run a speed option (bf16, int8), by member name
+        (the scoring job records them in the score manifest); None when no member has one."""
+        checks = {m.spec.name or f"member-{i}": m.speed_check for i, m in enumerate(self.members) if getattr(m, "speed_check", None)}
+        return checks or None
+
+    @property
     def fingerprint(self) -> str:
         """Members' fingerprints, weights and normalisation."""
         return fingerprint_obj(
