@@ -286,3 +286,18 @@ def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run
     assert passes == []  # stopped before the document pass
     with pytest.raises(ValueError, match="dtype must be"):
         build_teacher({**spec, "options": {"dtype": "fp16"}})
+
+
+def test_bf16_too_few_pairs_to_check_runs_fp32(colbert, adi):
+    """Before any check, a call of fewer than 3 pairs cannot check bf16: it is scored in fp32
+    (bit-equal to the fp32 teacher) and the check is left for a larger call."""
+    bf = build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128, "dtype": "bf16"}})
+    q, d = [adi.queries["3"]] * 2, [adi.doc_text("3"), adi.doc_text("7")]
+    colbert.clear_cache()
+    assert np.array_equal(bf.score(q, d), colbert.score(q, d))
+    assert np.array_equal(bf.score_ids(["3", "3"], q, ["3", "7"], d), colbert.score_ids(["3", "3"], q, ["3", "7"], d))
+    assert bf.speed_check is None
+    qs = [adi.queries[k] for k in ("1", "2", "3", "4")]
+    ds = [adi.doc_text(k) for k in ("1", "2", "3", "4")]
+    bf.score(qs, ds)
+    assert bf.speed_check is not None and bf.speed_check["n"] == 4

@@ -57,6 +57,7 @@ and a document whose text differs from the one the state was computed from is re
 
 from __future__ import annotations
 
+import contextlib
 import string
 from pathlib import Path
 
@@ -340,7 +341,19 @@ class ColBERTTeacher:
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
         self.check_speed(queries, passages)
-        return self._score_fresh(queries, passages)
+        with self._exact_until_checked(len(queries)):
+            return self._score_fresh(queries, passages)
+
+    @contextlib.contextmanager
+    def _exact_until_checked(self, n: int):
+        """fp32 for a call too small (< 3 pairs) to check a speed option on, before any check
+        (as the cross-encoder does): bf16 is never used unchecked."""
+        before = self._exact
+        self._exact = before or (self.fast and self.speed_check is None and n < 3)
+        try:
+            yield
+        finally:
+            self._exact = before
 
     def _score_fresh(self, queries: list[str], passages: list[str]) -> np.ndarray:
         uq, up = list(dict.fromkeys(queries)), list(dict.fromkeys(passages))
@@ -352,6 +365,10 @@ class ColBERTTeacher:
         """Like :meth:`score`, with query token embeddings cached by text and document token
         embeddings by docid. Returns float32 (n,)."""
         self.check_speed(queries, passages)
+        with self._exact_until_checked(len(queries)):
+            return self._score_ids(queries, docids, passages)
+
+    def _score_ids(self, queries: list[str], docids: list[str], passages: list[str]) -> np.ndarray:
         new_q = [t for t in dict.fromkeys(queries) if t not in self._query_cache]
         for t, e in zip(new_q, self.encode_queries(new_q)):
             self._query_cache[t] = e
