@@ -112,7 +112,7 @@ class ColBERTTeacher:
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"colbert dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         self.fast = self.dtype == "bf16"
-        self._exact = False  # True while the speed check computes the fp32 reference
+        self._exact = False  # True while fp32 is forced (the speed check's reference, calls too small to check)
         self.speed_check: dict | None = None
         self.check_sample = int(o.get("check_sample", 64))
         self.rel_tol = float(o.get("rel_tol", 0.1))
@@ -319,11 +319,8 @@ class ColBERTTeacher:
         n = min(self.check_sample, len(queries))
 
         def exact(q, p):
-            self._exact = True
-            try:
+            with self._fp32():
                 return self._score_fresh(q, p)
-            finally:
-                self._exact = False
 
         self.speed_check = check_against_fp32(
             self._score_fresh, exact, list(queries[:n]), list(passages[:n]),
@@ -345,15 +342,19 @@ class ColBERTTeacher:
             return self._score_fresh(queries, passages)
 
     @contextlib.contextmanager
-    def _exact_until_checked(self, n: int):
-        """fp32 for a call too small (< 3 pairs) to check a speed option on, before any check
-        (as the cross-encoder does): bf16 is never used unchecked."""
+    def _fp32(self, on: bool = True):
+        """Within it, the encoder runs in fp32 whatever ``dtype`` says (when ``on``)."""
         before = self._exact
-        self._exact = before or (self.fast and self.speed_check is None and n < 3)
+        self._exact = before or on
         try:
             yield
         finally:
             self._exact = before
+
+    def _exact_until_checked(self, n: int):
+        """fp32 for a call too small (< 3 pairs) to check a speed option on, before any check
+        (as the cross-encoder does): bf16 is never used unchecked."""
+        return self._fp32(self.fast and self.speed_check is None and n < 3)
 
     def _score_fresh(self, queries: list[str], passages: list[str]) -> np.ndarray:
         uq, up = list(dict.fromkeys(queries)), list(dict.fromkeys(passages))
