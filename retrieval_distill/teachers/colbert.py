@@ -307,14 +307,15 @@ class ColBERTTeacher:
         before its document pass.
 
         Returns:
-            the check's record (also kept as ``speed_check``), or None for fp32 or < 3 pairs.
+            the check's record (also kept as ``speed_check``), or None for fp32 or fewer than
+            ``MIN_CHECK_PAIRS`` (3) pairs.
 
         Raises:
             SpeedCheckError: bf16 scores drift past ``rel_tol`` / ``min_spearman``.
         """
-        from retrieval_distill.teachers.speed import check_against_fp32
+        from retrieval_distill.teachers.speed import MIN_CHECK_PAIRS, check_against_fp32
 
-        if not self.fast or self.speed_check is not None or len(queries) < 3:
+        if not self.fast or self.speed_check is not None or len(queries) < MIN_CHECK_PAIRS:
             return self.speed_check
         n = min(self.check_sample, len(queries))
 
@@ -352,9 +353,11 @@ class ColBERTTeacher:
             self._exact = before
 
     def _exact_until_checked(self, n: int):
-        """fp32 for a call too small (< 3 pairs) to check a speed option on, before any check
-        (as the cross-encoder does): bf16 is never used unchecked."""
-        return self._fp32(self.fast and self.speed_check is None and n < 3)
+        """fp32 for a call too small to check a speed option on, before any check
+        (:func:`~retrieval_distill.teachers.speed.stays_exact`, as the cross-encoder does)."""
+        from retrieval_distill.teachers.speed import stays_exact
+
+        return self._fp32(stays_exact(self.fast, self.speed_check, n))
 
     def _score_fresh(self, queries: list[str], passages: list[str]) -> np.ndarray:
         uq, up = list(dict.fromkeys(queries)), list(dict.fromkeys(passages))

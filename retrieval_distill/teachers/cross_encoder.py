@@ -39,7 +39,7 @@ import numpy as np
 
 from retrieval_distill.models.resolve import CACHE, ModelNotFoundError, model_fingerprint, resolve_model
 from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
-from retrieval_distill.teachers.speed import check_against_fp32
+from retrieval_distill.teachers.speed import check_against_fp32, stays_exact
 from retrieval_distill.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,8 @@ class CrossEncoderTeacher:
         """
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
-        if not self.fast:
-            return self.score_fp32(queries, passages)
-        if self.speed_check is None and len(queries) < 3:
-            return self.score_fp32(queries, passages)  # too few pairs to check the fast path on: stay exact
+        if not self.fast or stays_exact(self.fast, self.speed_check, len(queries)):
+            return self.score_fp32(queries, passages)  # no speed option, or too few pairs to check it on
         if self.speed_check is None:
             n = min(self.check_sample, len(queries))
             self.speed_check = check_against_fp32(

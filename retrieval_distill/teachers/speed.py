@@ -21,6 +21,19 @@ from typing import Callable
 import numpy as np
 
 
+MIN_CHECK_PAIRS = 3
+"""Fewest pairs a check can rank (Spearman needs three); a teacher asked for fewer before its
+first check scores them in fp32 (:func:`stays_exact`)."""
+
+
+def stays_exact(fast: bool, speed_check: dict | None, n_pairs: int) -> bool:
+    """Whether a teacher must score this call in fp32: it has a speed option (``fast``), no
+    check has run yet (``speed_check is None``) and the call has fewer than
+    :data:`MIN_CHECK_PAIRS` pairs to check the option on. A speed path is never used unchecked.
+    Shared by the cross-encoder and the ColBERT teacher."""
+    return fast and speed_check is None and n_pairs < MIN_CHECK_PAIRS
+
+
 class SpeedCheckError(RuntimeError):
     """A speed option's scores differ too much from fp32 on the check sample."""
 
@@ -39,7 +52,7 @@ def check_against_fp32(
 
     Args:
         fast, ref: scoring functions ``(queries, passages) -> float (n,)``.
-        queries, passages: the sample (n pairs, n >= 3).
+        queries, passages: the sample (n pairs, n >= :data:`MIN_CHECK_PAIRS`).
         option: the option's name, for messages.
         rel_tol: allowed ``max|fast - ref| / std(ref)``.
         min_spearman: required Spearman correlation.
