@@ -4,7 +4,9 @@
   copy), its queries plus the synthetic ones of ``rd queries synth --kinds sentence``, and a
   train qrels file holding SciFact's train qrels plus each synthetic query judged **grade 0** on
   its source document: a judged query without a positive, which ``query_side.unlabeled`` keeps
-  for the teacher terms only.
+  for the teacher terms only. ``--grade 1`` judges it grade 1 instead (the source document is its
+  positive: the labelled synthetic-query recipe of scifact-colbert-mpnet-synth.yaml, where the
+  InfoNCE term trains on it and the teacher's KL on its other candidates).
 * ``work/synth/train-plus-sent1500.trec``: the pipeline's train candidate lists (its 689 train
   queries) plus each synthetic query's dense top 50 without its source document (the source
   is a copy of the query's words: the teacher would make it the answer, and real queries do
@@ -12,6 +14,7 @@
 
     python eval/configs/query_side/unlabeled_folder.py [--synth work/synth/scifact-sent1500]
         [--dense work/synth/sent1500.dense50.trec] [--train-candidates work/scifact-colbert-mpnet/candidates/train.trec]
+        [--grade 0|1 --out FOLDER]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="work/synth/scifact-plus-sent1500")
     ap.add_argument("--candidates-out", default="work/synth/train-plus-sent1500.trec")
     ap.add_argument("--depth", type=int, default=50)
+    ap.add_argument("--grade", type=int, choices=(0, 1), default=0, help="judgement of each synthetic query on its source")
     a = ap.parse_args(argv)
     S, out = Path(a.scifact).resolve(), Path(a.out)
     (out / "qrels").mkdir(parents=True, exist_ok=True)
@@ -47,7 +51,7 @@ def main(argv=None) -> None:
     with open(out / "qrels" / "train.tsv", "w") as f:
         f.write(open(S / "qrels" / "train.tsv").read().rstrip("\n") + "\n")
         for q in syn:
-            f.write(f"{q['_id']}\t{src[q['_id']]}\t0\n")
+            f.write(f"{q['_id']}\t{src[q['_id']]}\t{a.grade}\n")
     lines = open(a.train_candidates).read().splitlines()
     n: dict[str, int] = {}
     for ln in open(a.dense):
