@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from retrieval_distill.data.formats import iter_qrels, iter_trec_run, read_jsonl
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -40,9 +42,8 @@ def main(argv=None) -> None:
     (out / "qrels").mkdir(parents=True, exist_ok=True)
     if not (out / "corpus.jsonl").exists():
         os.symlink(S / "corpus.jsonl", out / "corpus.jsonl")
-    syn = [json.loads(ln) for ln in open(Path(a.synth) / "queries.jsonl")]
-    rows = open(Path(a.synth) / "qrels" / "train.tsv").read().splitlines()[1:]
-    src = {r.split("\t")[0]: r.split("\t")[1] for r in rows}
+    syn = [q for _, q in read_jsonl(Path(a.synth) / "queries.jsonl")]
+    src = {q: d for _, q, d, _ in iter_qrels(Path(a.synth) / "qrels" / "train.tsv")}  # synthetic query -> its source
     with open(out / "queries.jsonl", "w") as f:
         for ln in open(S / "queries.jsonl"):
             f.write(ln if ln.endswith("\n") else ln + "\n")
@@ -54,8 +55,7 @@ def main(argv=None) -> None:
             f.write(f"{q['_id']}\t{src[q['_id']]}\t{a.grade}\n")
     lines = open(a.train_candidates).read().splitlines()
     n: dict[str, int] = {}
-    for ln in open(a.dense):
-        q, _, d, _, s, _ = ln.split()
+    for _, q, d, _, s, _ in iter_trec_run(a.dense):
         if d == src[q] or n.get(q, 0) >= a.depth:
             continue
         n[q] = n.get(q, 0) + 1
