@@ -65,6 +65,7 @@ import numpy as np
 
 from retrieval_distill.models.resolve import model_fingerprint, resolve_model
 from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.speed import MIN_CHECK_PAIRS, check_against_fp32, stays_exact
 
 PUNCT = set(string.punctuation)
 
@@ -313,8 +314,6 @@ class ColBERTTeacher:
         Raises:
             SpeedCheckError: bf16 scores drift past ``rel_tol`` / ``min_spearman``.
         """
-        from retrieval_distill.teachers.speed import MIN_CHECK_PAIRS, check_against_fp32
-
         if not self.fast or self.speed_check is not None or len(queries) < MIN_CHECK_PAIRS:
             return self.speed_check
         n = min(self.check_sample, len(queries))
@@ -355,8 +354,6 @@ class ColBERTTeacher:
     def _exact_until_checked(self, n: int):
         """fp32 for a call too small to check a speed option on, before any check
         (:func:`~retrieval_distill.teachers.speed.stays_exact`, as the cross-encoder does)."""
-        from retrieval_distill.teachers.speed import stays_exact
-
         return self._fp32(stays_exact(self.fast, self.speed_check, n))
 
     def _score_fresh(self, queries: list[str], passages: list[str]) -> np.ndarray:
