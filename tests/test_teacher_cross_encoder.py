@@ -98,3 +98,16 @@ def test_fit_refuses_to_replace_a_foreign_folder(tmp_path):
     afile.write_text("")
     with pytest.raises(FileExistsError):
         fit_cross_encoder("all-MiniLM-L6-v2", {"q": "x"}, {"q": {"d": 1}}, {"q": ["d"]}, lambda d: "x", afile)
+
+
+def test_bf16_too_few_pairs_to_check_runs_fp32(ce_path, sample):
+    """Before any check, a call of fewer than 3 pairs cannot check bf16 (``speed.stays_exact``):
+    it is scored in fp32, bit-equal to the fp32 teacher, and the check waits for a larger call."""
+    qs, ps = sample
+    opts = {"max_length": 96}
+    ref = build_teacher({"kind": "cross_encoder", "model": str(ce_path), "options": opts})
+    bf = build_teacher({"kind": "cross_encoder", "model": str(ce_path), "options": {**opts, "dtype": "bf16"}})
+    assert np.array_equal(bf.score(qs[:2], ps[:2]), ref.score(qs[:2], ps[:2]))
+    assert bf.speed_check is None
+    bf.score(qs[:4], ps[:4])
+    assert bf.speed_check is not None and bf.speed_check["n"] == 4 and bf.speed_check["option"] == "bf16"
