@@ -199,3 +199,45 @@ def test_version_errors_name_the_file(flat_version):
     (path / "docids").write_text("")
     with pytest.raises(IndexFormatError, match=rf"{path}/docids: empty corpus"):
         IndexVersion(path).load()
+
+
+def test_bf16_encoding_is_checked_keyed_and_close_to_fp32(tmp_path):
+    """dtype bf16 (forced, so it runs on any CPU): the fp32 check runs on the first shard's
+    documents before anything is written, its cosines are kept with the shards, the folder's
+    key differs from the fp32 one (an fp32 encoding is never reused as bf16), and the vectors
+    stay within the floor of the fp32 ones."""
+    from retrieval_distill.models.encoder import BF16FidelityError, Encoder
+
+    docids, emb32, _ = S.adi_encoded()
+    enc = Encoder("all-MiniLM-L6-v2", show_progress=False, dtype="bf16", force_bf16=True)
+    ids, emb = encode_corpus(enc, S.adi(), tmp_path / "bf16", shard_size=S.SHARD, show_progress=False)
+    assert ids == docids and emb.dtype == np.float32 and emb.shape == emb32.shape
+    state = json.loads((tmp_path / "bf16" / "encoding.json").read_text())
+    assert state["key"]["dtype"] == "bf16"
+    fp32_state = json.loads((S.adi_encoded()[2] / "encoding.json").read_text())
+    assert "dtype" not in fp32_state["key"]  # fp32 keys are those written before dtype existed
+    check = state["speed_check"]
+    assert check["ok"] and check["n"] == 16 and check["floor"] == 0.99
+    cos = np.sum(emb * emb32, axis=1)
+    assert check["min_cosine"] >= 0.99 and cos.min() >= 0.99
+    assert not np.array_equal(emb, emb32)  # bf16 really ran
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+    # a check that cannot pass: refused before any shard is written, and for every later call
+    strict = Encoder("all-MiniLM-L6-v2", show_progress=False, dtype="bf16", force_bf16=True, min_cosine=1.01)
+    with pytest.raises(BF16FidelityError, match=r"min cosine 0\.9\d+ over 16 documents < 1\.01"):
+        encode_corpus(strict, S.adi(), tmp_path / "strict", shard_size=S.SHARD, show_progress=False)
+    assert not list((tmp_path / "strict").glob("emb-*.npy"))
+    with pytest.raises(BF16FidelityError, match="failed its check"):
+        strict.encode_documents(["a document"])
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch, caplog):
+    import retrieval_distill.models.encoder as E
+
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: [])
+    with caplog.at_level("WARNING"):
+        enc = E.Encoder("all-MiniLM-L6-v2", show_progress=False, dtype="bf16")
+    assert enc.dtype == "fp32" and "no native bf16" in caplog.text
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        E.Encoder("all-MiniLM-L6-v2", dtype="fp16")

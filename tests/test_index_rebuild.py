@@ -172,3 +172,26 @@ def test_rebuild_refuses_concurrent_run(tmp_path):
     with store.lock():
         with pytest.raises(BlockingIOError, match="another rebuild"):
             rebuild(spec, log=lambda s: None)
+
+
+def test_bf16_index_manifest_verify_and_dtype_change(tmp_path, monkeypatch):
+    """`rd index build --dtype bf16`: the manifest records the dtype and the fp32 check, verify
+    passes against an fp32 re-encoding, and a spec back to fp32 rebuilds fully."""
+    import retrieval_distill.models.encoder as E
+
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: ["avx512_bf16"])  # as on a CPU with native bf16
+    runner = CliRunner()
+    root = tmp_path / "bf16"
+    r = runner.invoke(app, ["build", "--model", "all-MiniLM-L6-v2", "--dataset", str(S.ADI), "--out", str(root),
+                            "--shard-size", str(S.SHARD), "--encodings", str(tmp_path / "enc"), "--dtype", "bf16"])
+    assert r.exit_code == 0, r.output
+    m = IndexStore(root).current().load().manifest
+    assert m.extra["dtype"] == "bf16" and m.extra["speed_check"]["ok"] and m.extra["speed_check"]["min_cosine"] >= 0.99
+    rep = verify_version(IndexStore(root).current(), sample=8)
+    assert rep.ok, str(rep)
+    lines, log = _log()
+    res = rebuild(S.spec(tmp_path, S.ADI, root=str(root), encodings=str(tmp_path / "enc")), dry_run=True, log=log)
+    assert res.decision.action == "full" and "document encoding dtype changed (bf16 -> fp32)" in res.decision.reasons
+    r = runner.invoke(app, ["build", "--model", "all-MiniLM-L6-v2", "--dataset", str(S.ADI), "--out", str(tmp_path / "x"),
+                            "--dtype", "int4"])
+    assert r.exit_code == 2 and "dtype" in r.output

@@ -162,7 +162,7 @@ def encoder_similarity(encoder: "Encoder") -> tuple[str, bool]:
 def _encoding_key(encoder: "Encoder", docids: list[str], hashes: np.ndarray, shard_size: int) -> dict:
     doc, _ = encoder_refs(encoder)
     model = getattr(encoder, "doc_model", None)
-    return {
+    key = {
         "encoder": doc.name,
         "encoder_fingerprint": doc.fingerprint,
         "normalize": bool(getattr(encoder, "normalize", True)),
@@ -172,6 +172,10 @@ def _encoding_key(encoder: "Encoder", docids: list[str], hashes: np.ndarray, sha
         "dim": int(encoder.dim),
         "shard_size": int(shard_size),
     }
+    dtype = getattr(encoder, "dtype", "fp32")
+    if dtype != "fp32":  # absent for fp32, so the keys of folders written before dtype existed still match
+        key["dtype"] = dtype
+    return key
 
 
 def _shard_ok(path: Path, rows: int, dim: int, recorded: dict | None) -> str | None:
@@ -206,8 +210,9 @@ def encode_corpus(
             encodes; for asymmetric serving this is the teacher).
         collection_or_docids_texts: see :func:`corpus_items`.
         out_dir: the encoding folder: ``emb-NNNNN.npy`` shards (float32, ``(rows, dim)``),
-            ``docids`` and ``encoding.json`` (key: encoder + corpus fingerprints, shard size;
-            per-shard row count and SHA-256; ``complete``).
+            ``docids`` and ``encoding.json`` (key: encoder + corpus fingerprints, shard size,
+            ``dtype`` when not fp32; per-shard row count and SHA-256; ``complete``; the bf16
+            check's cosines as ``speed_check``).
         shard_size: documents per shard.
         backend: ``local`` (this process) or ``ray`` (Ray Data over the same shard files,
             :mod:`retrieval_distill.scale.ray_encode`; identical output).
@@ -224,6 +229,7 @@ def encode_corpus(
 
     Raises:
         CorpusError: see :func:`corpus_items`.
+        BF16FidelityError: a bf16 encoder's vectors drift from fp32 (checked before any shard).
     """
     docids, texts, _ = corpus_items(collection_or_docids_texts)
     if shard_size <= 0:
@@ -266,6 +272,11 @@ def encode_corpus(
             state["shards"][name] = {"rows": e - s, "sha256": digest}
     if todo:
         state["complete"] = False
+        if getattr(encoder, "dtype", "fp32") == "bf16":
+            # the fp32 check runs here, before any shard is written (Ray actors repeat it on their
+            # own copy); it is kept with the shards. Raises BF16FidelityError.
+            s0, e0 = bounds[todo[0]]
+            state["speed_check"] = encoder.speed_check or encoder.check_bf16(texts[s0:e0])
         write_json_atomic(state_path, state)
         if backend == "ray":
             from retrieval_distill.scale.ray_encode import encode_shards_ray

@@ -19,6 +19,8 @@ from typing import Optional
 
 import typer
 
+from retrieval_distill.models.encoder import BF16FidelityError
+
 app = typer.Typer(help="index stage: FAISS index versions, rebuild jobs, verification", no_args_is_help=True)
 
 
@@ -54,6 +56,8 @@ def build(
     shard_size: int = typer.Option(1024, "--shard-size"),
     batch_size: int = typer.Option(32, "--batch-size"),
     max_length: Optional[int] = typer.Option(None, "--max-length"),
+    dtype: str = typer.Option("fp32", "--dtype", help="document encoding: fp32 | bf16 (checked against fp32 first; "
+                              "fp32 on a CPU without native bf16)"),
     keep: int = typer.Option(3, "--keep", help="versions to keep"),
     backend: str = typer.Option("local", "--backend", help="encoding backend: local | ray"),
     encodings: Optional[Path] = typer.Option(None, "--encodings", help="encoding cache folder (default OUT/encodings)"),
@@ -65,11 +69,11 @@ def build(
         spec = IndexSpec(
             name=out.name, dataset=dataset, split=split, model=model, query_model=query_model, side=side,
             factory=factory, metric=metric, params=_parse_params(param), root=str(out), keep=keep,
-            shard_size=shard_size, batch_size=batch_size, max_length=max_length, backend=backend,
+            shard_size=shard_size, batch_size=batch_size, max_length=max_length, dtype=dtype, backend=backend,
             encodings=str(encodings) if encodings else None,
         )
         res = rebuild(spec, force_full=True)
-    except (FileNotFoundError, ValueError, BlockingIOError) as e:
+    except (FileNotFoundError, ValueError, BlockingIOError, BF16FidelityError) as e:
         _fail(str(e))
     typer.echo(f"{res.version.path} ({res.seconds:.1f} s)")
 
@@ -85,7 +89,7 @@ def rebuild(
 
     try:
         res = run(spec, dry_run=dry_run, force_full=full)
-    except (FileNotFoundError, ValueError, BlockingIOError) as e:
+    except (FileNotFoundError, ValueError, BlockingIOError, BF16FidelityError) as e:
         _fail(str(e))
     typer.echo(f"current: {res.version.version_id if res.version else None} ({res.seconds:.1f} s)")
 

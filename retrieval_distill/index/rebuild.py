@@ -28,6 +28,7 @@ Command line: ``rd index rebuild indexes/scifact-student.yaml [--dry-run]``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrieval_distill.index.build import (
+    ENCODING_STATE,
     SEARCH_PARAMS,
     apply_changes,
     build_index,
@@ -68,6 +70,10 @@ class IndexSpec(BaseModel):
         root: the store folder.
         keep: versions to keep.
         shard_size, batch_size, max_length: encoding settings.
+        dtype: ``fp32`` or ``bf16``: the document encoding's forward pass (bf16 is checked
+            against fp32 on the first shard's documents and falls back to fp32 on a CPU
+            without native bf16; see :mod:`retrieval_distill.models.encoder`). The manifest
+            records the dtype used; changing it rebuilds fully.
         encodings: encoding cache folder (default ``ROOT/encodings``).
         backend: ``local`` or ``ray`` encoding.
         ivf_retrain_drift: re-train IVF/PQ once added+removed docs since training exceed
@@ -90,6 +96,7 @@ class IndexSpec(BaseModel):
     shard_size: int = Field(1024, gt=0)
     batch_size: int = Field(32, gt=0)
     max_length: int | None = None
+    dtype: Literal["fp32", "bf16"] = "fp32"
     encodings: str | None = None
     backend: Literal["local", "ray"] = "local"
     ivf_retrain_drift: float = Field(0.2, ge=0)
@@ -184,8 +191,11 @@ def plan(
     refs: tuple[EncoderRef, EncoderRef],
     metric: str | None = None,
     normalized: bool = True,
+    dtype: str | None = None,
 ) -> Decision:
-    """Decide what a rebuild does (see the module docstring). Reads only manifests and docids."""
+    """Decide what a rebuild does (see the module docstring). Reads only manifests and docids.
+    ``dtype`` is the document encoding's dtype this machine would use (``spec.dtype`` after the
+    CPU fallback); ``None`` leaves it out of the decision."""
     doc_ref, q_ref = refs
     if current is None:
         return Decision("full", ["no current version"])
@@ -208,6 +218,9 @@ def plan(
         full.append(f"build parameters changed ({_build_params(m.params)} -> {_build_params(spec.params)})")
     if m.documents_side != spec.side:
         full.append(f"documents side changed ({m.documents_side} -> {spec.side})")
+    old_dtype = m.extra.get("dtype", "fp32")
+    if dtype is not None and old_dtype != dtype:
+        full.append(f"document encoding dtype changed ({old_dtype} -> {dtype})")
     if full:
         return Decision("full", full)
 
@@ -250,10 +263,19 @@ def plan(
     return Decision("incremental", reasons, added, removed, changed)
 
 
+def effective_dtype(dtype: str) -> str:
+    """The dtype an encoder asked for ``dtype`` runs in on this CPU (bf16 falls back to fp32
+    without native bf16; :class:`~retrieval_distill.models.encoder.Encoder`)."""
+    from retrieval_distill.models.encoder import cpu_bf16_flags
+
+    return "bf16" if dtype == "bf16" and cpu_bf16_flags() else "fp32"
+
+
 def _encoder(spec: IndexSpec):
     from retrieval_distill.models.encoder import Encoder
 
-    return Encoder(spec.model, query_model=spec.query_model, batch_size=spec.batch_size, max_length=spec.max_length)
+    return Encoder(spec.model, query_model=spec.query_model, batch_size=spec.batch_size, max_length=spec.max_length,
+                   dtype=spec.dtype)
 
 
 def _load_corpus(spec: IndexSpec) -> tuple[list[str], list[str], str]:
@@ -261,6 +283,15 @@ def _load_corpus(spec: IndexSpec) -> tuple[list[str], list[str], str]:
 
     coll = load_collection(spec.dataset, split=spec.split)
     return corpus_items(coll)
+
+
+def _speed_check(cache: Path) -> dict:
+    """``{"speed_check": ...}`` from an encoding folder whose shards were checked (bf16), else ``{}``."""
+    try:
+        state = json.loads((cache / ENCODING_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"speed_check": state["speed_check"]} if state.get("speed_check") else {}
 
 
 def full_build(spec: IndexSpec, store: IndexStore, docids, texts, hashes, encoder=None, log=print) -> IndexVersion:
@@ -280,7 +311,8 @@ def full_build(spec: IndexSpec, store: IndexStore, docids, texts, hashes, encode
         manifest_extra={
             "encoder": doc_ref.model_dump(), "query_encoder": q_ref.model_dump(), "documents_side": spec.side,
             "corpus": spec.dataset, "corpus_fingerprint": cfp, "encode_seconds": round(enc_s, 3),
-            "spec": spec.name, "encoding_cache": str(cache),
+            "spec": spec.name, "encoding_cache": str(cache), "dtype": getattr(encoder, "dtype", "fp32"),
+            **_speed_check(cache),
         },
     )
     return store.publish(v)
@@ -318,7 +350,8 @@ def rebuild(spec: IndexSpec | str | os.PathLike, dry_run: bool = False, force_fu
         except FileNotFoundError:
             current = None
         metric, normalized = spec_similarity(spec)
-        decision = plan(spec, current, docids, hashes, refs, metric=metric, normalized=normalized)
+        decision = plan(spec, current, docids, hashes, refs, metric=metric, normalized=normalized,
+                        dtype=effective_dtype(spec.dtype))
         if force_full and decision.action != "full":
             decision = Decision("full", ["--full requested"] + decision.reasons)
         log(f"decision: {decision}")

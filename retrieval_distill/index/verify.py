@@ -9,7 +9,9 @@ Checks, in order (each failure is reported with the file it concerns):
    the index is stale, not corrupt: reported as a warning);
 4. a sample of stored vectors against a fresh encoding of the same documents: cosine
    between the reconstructed vector and the fresh one must reach a floor that depends on
-   the index's compression (exact storage 0.999, SQ 0.98, PQ 0.7), and each freshly
+   the index's compression (exact storage 0.999, SQ 0.98, PQ 0.7; at most the bf16 check's
+   floor, 0.99, for vectors a ``dtype: bf16`` pass encoded, since the fresh encoding is
+   fp32), and each freshly
    encoded document should come back as its own top-10 hit ("self-recall").
 """
 
@@ -141,6 +143,10 @@ def verify_version(
     cos = np.sum(fresh * stored, axis=1) / (np.linalg.norm(fresh, axis=1) * np.linalg.norm(stored, axis=1) + 1e-12)
     rep.min_cosine = float(cos.min())
     floor = cosine_floor(m.factory)
+    if m.extra.get("dtype") == "bf16":  # stored vectors from a bf16 pass; the fresh ones are fp32
+        from retrieval_distill.models.encoder import BF16_MIN_COSINE
+
+        floor = min(floor, float((m.extra.get("speed_check") or {}).get("floor", BF16_MIN_COSINE)))
     if rep.min_cosine < floor:
         worst = int(np.argmin(cos))
         rep.fail(f"{version.path / 'index.faiss'}: stored vector of docid {sdocids[worst]!r} has cosine "

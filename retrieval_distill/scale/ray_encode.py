@@ -29,12 +29,14 @@ if TYPE_CHECKING:  # pragma: no cover
 class _ShardEncoder:
     """A Ray actor: loads the encoder once, encodes and writes whole shards."""
 
-    def __init__(self, model: str, batch_size: int, max_length: int | None, normalize: bool, texts_ref, out_dir: str):
+    def __init__(self, model: str, batch_size: int, max_length: int | None, normalize: bool, texts_ref, out_dir: str,
+                 dtype: str = "fp32"):
         import ray
 
         from retrieval_distill.models.encoder import Encoder
 
-        self.encoder = Encoder(model, batch_size=batch_size, max_length=max_length, normalize=normalize, show_progress=False)
+        self.encoder = Encoder(model, batch_size=batch_size, max_length=max_length, normalize=normalize, show_progress=False,
+                               dtype=dtype, force_bf16=True)  # the driver's encoder already chose dtype for this CPU
         self.texts = ray.get(texts_ref[0]) if isinstance(texts_ref, list) else texts_ref
         self.out = Path(out_dir)
 
@@ -95,7 +97,8 @@ def encode_shards_ray(
     ds = ray.data.from_items(items).map_batches(
         _ShardEncoder,
         fn_constructor_args=(model, int(getattr(encoder, "batch_size", 32)), max_length,
-                             bool(getattr(encoder, "normalize", True)), texts_ref, str(out_dir)),
+                             bool(getattr(encoder, "normalize", True)), texts_ref, str(out_dir),
+                             str(getattr(encoder, "dtype", "fp32"))),
         batch_size=1,
         concurrency=pool,
         num_cpus=1,
