@@ -414,7 +414,7 @@ class Pipeline:
         if spec.kind == "bi_encoder" and hasattr(teacher, "set_document_embeddings"):
             name = "init" if spec.model == self.cfg.student_init else "teacher-" + str(spec.model).replace("/", "_")
             docids, emb = self._embeddings(spec.model, name)
-            teacher.set_document_embeddings(docids, emb)
+            teacher.set_document_embeddings(docids, emb, preloaded=True)  # the scoring job's document pass skips them
 
     def _student_job(self, out: Path, losses=None):
         """The :class:`~retrieval_distill.distill.job.StudentJob` of the ``train`` stage, run by

@@ -245,6 +245,55 @@ def test_doc_states_of_an_earlier_job_are_reused_and_checked(adi, adi_bm25_run, 
         build_teacher({**spec, "options": {**spec["options"], "doc_states": str(tmp_path / "nowhere")}})
 
 
+def test_ensemble_member_states_resume_and_are_reused_by_the_member_alone(adi, adi_bm25_run, tmp_path, monkeypatch):
+    """An ensemble job saves each member's document state under docstate/member-NN: a job
+    stopped after its document pass and one shard resumes without encoding any document
+    again (a lost chunk is the only one recomputed), its scores equal an uninterrupted
+    job's, and a later job of the ColBERT member alone reuses the states through
+    ``doc_states``."""
+    import json
+
+    from retrieval_distill.teachers.bi_encoder import BiEncoderTeacher
+    from retrieval_distill.teachers.colbert import ColBERTTeacher
+    from retrieval_distill.teachers.scoring import read_scores, score_candidates
+
+    _, run = adi_bm25_run
+    colbert_spec = {"kind": "colbert", "name": "maxsim", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128}}
+    spec = {"kind": "ensemble", "members": [colbert_spec, {"kind": "bi_encoder", "name": "minilm", "model": "all-MiniLM-L6-v2"}]}
+    kw = dict(corpus_ids=adi.corpus.keys(), progress=False, doc_chunk=16, queries_per_shard=8)
+    encoded = {"colbert": 0, "bi": 0}
+    for cls, key in ((ColBERTTeacher, "colbert"), (BiEncoderTeacher, "bi")):
+        orig = cls.encode_document_state
+        monkeypatch.setattr(cls, "encode_document_state",
+                            lambda self, p, _o=orig, _k=key: encoded.__setitem__(_k, encoded[_k] + len(p)) or _o(self, p))
+    n_docs = len({ln.split()[2] for ln in open(run)})
+
+    man = score_candidates(spec, run, adi.queries, adi.doc_text, tmp_path / "A", max_shards=1, **kw)
+    assert encoded == {"colbert": n_docs, "bi": n_docs} and len(man["completed_shards"]) == 1
+    states = tmp_path / "A" / "docstate"
+    assert json.loads((states / "member-00" / "member.json").read_text())["name"] == "maxsim"
+    assert json.loads((states / "member-01" / "member.json").read_text())["kind"] == "bi_encoder"
+    chunks = sorted((states / "member-00").glob("chunk-*.npz"))
+    assert len(chunks) == -(-n_docs // 16)
+    chunks[1].unlink()  # a chunk lost (killed while it was being written)
+
+    encoded.update(colbert=0, bi=0)
+    man = score_candidates(spec, run, adi.queries, adi.doc_text, tmp_path / "A", **kw)
+    assert encoded == {"colbert": 16, "bi": 0}  # only the lost chunk, only for its member
+    assert len(man["completed_shards"]) == man["n_shards"] > 1
+    score_candidates(spec, run, adi.queries, adi.doc_text, tmp_path / "C", **kw)
+    a, c = (read_scores(tmp_path / x).sort_values(["qid", "docid"]).reset_index(drop=True) for x in "AC")
+    assert len(a) == 350 and a[["qid", "docid", "teacher"]].equals(c[["qid", "docid", "teacher"]])
+    np.testing.assert_allclose(a["score"].to_numpy(), c["score"].to_numpy(), rtol=1e-5, atol=1e-5)
+
+    encoded.update(colbert=0, bi=0)
+    alone = {**colbert_spec, "options": {**colbert_spec["options"], "doc_states": str(tmp_path / "A")}}
+    score_candidates(alone, run, adi.queries, adi.doc_text, tmp_path / "M", **kw)
+    assert encoded["colbert"] == 0
+    with pytest.raises(ValueError, match="nor of any ensemble member"):
+        build_teacher({**colbert_spec, "options": {"doc_maxlen": 64, "doc_states": str(tmp_path / "A")}})
+
+
 def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run, tmp_path, monkeypatch):
     """``dtype: bf16``: the scoring job checks bf16 against fp32 on real pairs before it
     encodes any document, records the check in the manifest, and ranks like fp32; a drift

@@ -70,6 +70,7 @@ class BiEncoderTeacher:
         self._doc_cache: dict[str, np.ndarray] = {}
         self._query_cache: dict[str, np.ndarray] = {}
         self._fp: str | None = None
+        self._preloaded: set[str] = set()  # docids from an encoding folder (the scoring job skips them)
         if opts.get("embeddings"):
             self.load_document_embeddings(opts["embeddings"])
 
@@ -111,10 +112,12 @@ class BiEncoderTeacher:
         """Document-side state of :meth:`set_document_embeddings`: float32 (n, dim)."""
         return self.encode_documents(passages)
 
-    def set_document_embeddings(self, docids: list[str], emb) -> None:
+    def set_document_embeddings(self, docids: list[str], emb, preloaded: bool = False) -> None:
         """Preload document embeddings.
 
         Args:
+            preloaded: mark these documents as preloaded (an encoding folder of this model, e.g.
+                the pipeline's init embeddings), so the scoring job's document pass skips them.
             docids: n docids.
             emb: float32 array (n, dim) (or a list of n (dim,) arrays), L2-normalised rows
                 from the same model (checked: dimension and unit norm).
@@ -132,6 +135,8 @@ class BiEncoderTeacher:
             raise ValueError("document embeddings must be L2-normalised (cosine teacher)")
         for d, e in zip(docids, emb):
             self._doc_cache[str(d)] = e
+        if preloaded:
+            self._preloaded |= {str(d) for d in docids}
 
     def load_document_embeddings(self, folder) -> int:
         """Preload an encoding folder of this model (see the ``embeddings`` option).
@@ -151,13 +156,12 @@ class BiEncoderTeacher:
                 f"{folder}: encoded with max_seq_length {key['max_seq_length']}, this teacher uses {self.max_length} "
                 f"(set options.max_length to {key['max_seq_length']})"
             )
-        self.set_document_embeddings(docids, emb)
-        self._preloaded = set(docids)
+        self.set_document_embeddings(docids, emb, preloaded=True)
         return len(docids)
 
     def preloaded_docids(self) -> set[str]:
         """Docids whose vectors came from an encoding folder (the scoring job skips them)."""
-        return set(getattr(self, "_preloaded", ()))
+        return set(self._preloaded)
 
     def clear_cache(self) -> None:
         self._preloaded = set()

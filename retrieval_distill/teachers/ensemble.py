@@ -120,6 +120,22 @@ class EnsembleTeacher:
         checks = {m.spec.name or f"member-{i}": m.speed_check for i, m in enumerate(self.members) if getattr(m, "speed_check", None)}
         return checks or None
 
+    def check_speed(self, queries: list[str], passages: list[str]) -> dict | None:
+        """Run the fp32 check of every member that has one (``check_speed``: the ColBERT
+        teacher's bf16) on these pairs, before the scoring job's document pass, so no member's
+        speed option encodes a document unchecked.
+
+        Returns:
+            :attr:`speed_check`.
+
+        Raises:
+            SpeedCheckError: a member's option drifts from fp32.
+        """
+        for m in self.members:
+            if callable(getattr(m, "check_speed", None)):
+                m.check_speed(queries, passages)
+        return self.speed_check
+
     @property
     def fingerprint(self) -> str:
         """Members' fingerprints, weights and normalisation."""

@@ -15,7 +15,11 @@ pos_pid neg_pid``), the queries and the corpus. Output: a folder with
 * ``docstate/``: for teachers with document-side state (bi-encoder embeddings, ColBERT
   token embeddings), that state computed once, in fixed chunks of sorted docids, each
   written atomically, so a killed job never recomputes finished chunks and every run
-  (resumed or not, local or Ray) sees bit-identical document state.
+  (resumed or not, local or Ray) sees bit-identical document state. An ensemble keeps the
+  state of each member that has one under ``docstate/member-NN/`` (with ``member.json``:
+  the member's name and fingerprint; local backend), so a killed ensemble job resumes its
+  document pass too, and a later job of that member alone reuses it (ColBERT
+  ``doc_states``: :func:`read_document_states` finds the member by fingerprint).
 
 Resume rules: a rerun with the same request skips completed shards (checked by SHA-256),
 deletes and redoes a corrupt or partial shard (logged and counted), adopts a valid shard
@@ -33,6 +37,7 @@ empty passage texts and queries longer than the teacher's ``max_length`` are sco
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -50,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DOCSTATE = "docstate"
+MEMBER_STATE = "member.json"
 FORMAT_VERSION = 1
 COLUMNS = ("qid", "docid", "score", "teacher")
 
@@ -335,7 +341,8 @@ def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str
 
     Args:
         folder: the earlier job's score folder (holding ``manifest.json`` and ``docstate/``).
-        fingerprint: the reusing teacher's fingerprint; the folder's must be equal.
+        fingerprint: the reusing teacher's fingerprint; the folder's must be equal, or, for an
+            ensemble's folder, one member's (``docstate/member-NN/member.json``).
 
     Returns:
         ``(docids, states, text_sha1)``: n docids, their n states (e.g. float16 (n_tokens, dim)
@@ -351,14 +358,19 @@ def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str
     man = load_manifest(folder)
     if man is None:
         raise FileNotFoundError(f"{folder}: not a score folder (no {MANIFEST})")
+    state_dir = folder / DOCSTATE
     if man.get("teacher_fingerprint") != fingerprint:
-        raise ValueError(
-            f"{folder}: document states of teacher {man.get('teacher_name')!r} (fingerprint {man.get('teacher_fingerprint')}), "
-            f"not of this teacher (fingerprint {fingerprint}): other weights, projection or options"
-        )
-    chunks = sorted((folder / DOCSTATE).glob("chunk-*.npz"))
+        member = _member_state_dir(folder, fingerprint)
+        if member is None:
+            raise ValueError(
+                f"{folder}: document states of teacher {man.get('teacher_name')!r} (fingerprint {man.get('teacher_fingerprint')}), "
+                f"not of this teacher (fingerprint {fingerprint}; nor of any ensemble member there): other weights, "
+                "projection or options"
+            )
+        state_dir = member
+    chunks = sorted(state_dir.glob("chunk-*.npz"))
     if not chunks:
-        raise FileNotFoundError(f"{folder / DOCSTATE}: no document-state chunks")
+        raise FileNotFoundError(f"{state_dir}: no document-state chunks")
     docids: list[str] = []
     states: list = []
     hashes: list[str] = []
@@ -372,6 +384,53 @@ def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str
         hashes += h
         states += list(st)
     return docids, states, hashes
+
+
+def _member_state_dir(folder: Path, fingerprint: str) -> Path | None:
+    """The ``docstate/member-NN`` folder of an ensemble's score folder whose member has
+    ``fingerprint``, or None."""
+    for d in sorted((folder / DOCSTATE).glob("member-*")):
+        try:
+            rec = json.loads((d / MEMBER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if rec.get("fingerprint") == fingerprint:
+            return d
+    return None
+
+
+def prepare_member_states(
+    teacher, docids: list[str], doc_text: Callable[[str], str], folder: Path, chunk: int = 512, progress: bool = True
+) -> int:
+    """The document pass of an ensemble: :func:`prepare_document_state` for every member that
+    has document-side state, each under ``folder/member-NN`` beside a ``member.json``
+    (``{"name", "kind", "fingerprint"}``). A member folder recorded for another fingerprint
+    (the ensemble's members changed) is emptied first.
+
+    Returns:
+        the number of members whose state was prepared.
+    """
+    import shutil
+
+    done = 0
+    for i, m in enumerate(getattr(teacher, "members", None) or []):
+        if not has_document_state(m):
+            continue
+        sub = folder / f"member-{i:02d}"
+        rec = {"name": m.spec.name, "kind": m.spec.kind, "fingerprint": m.fingerprint}
+        try:
+            old = json.loads((sub / MEMBER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old is not None and old.get("fingerprint") != rec["fingerprint"]:
+            log.warning("%s: document states of another member (%s); recomputing", sub, old.get("name"))
+            shutil.rmtree(sub)
+        sub.mkdir(parents=True, exist_ok=True)
+        if old is None or old.get("fingerprint") != rec["fingerprint"]:
+            write_json_atomic(sub / MEMBER_STATE, rec)
+        prepare_document_state(m, docids, doc_text, sub, chunk=chunk, progress=progress)
+        done += 1
+    return done
 
 
 def load_document_state(teacher, chunks: list[tuple[str, list[str]]]) -> None:
@@ -451,8 +510,6 @@ def _count_long_queries(teacher, queries: Iterable[str]) -> tuple[int, list[str]
 
 
 def load_manifest(out_dir: str | os.PathLike) -> dict | None:
-    import json
-
     p = Path(out_dir) / MANIFEST
     if not p.exists():
         return None
@@ -614,6 +671,9 @@ def score_candidates(
     if todo and has_document_state(teacher):
         need = sorted({d for s in shards for d in s.docids})
         chunks = prepare_document_state(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
+    elif todo and backend == "local" and getattr(teacher, "members", None):
+        need = sorted({d for s in shards for d in s.docids})
+        prepare_member_states(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
 
     done_pairs = sum(len(s) for s in shards if s.name in completed)
     bar = tqdm(total=manifest["counts"]["pairs"], initial=done_pairs, unit="pair", desc=f"score {name}", disable=not progress, smoothing=0.05)
