@@ -39,7 +39,9 @@ def main(argv=None) -> Path:
     from retrieval_distill.utils import atomic_path
 
     cards = [read_card(s) or {} for s in a.students]
-    docs = {json.dumps(c.get("document_encoder"), sort_keys=True) for c in cards}
+    # the same document encoder and corpus (where each encoding folder lies does not matter)
+    docs = {json.dumps({k: v for k, v in (c.get("document_encoder") or {}).items() if k != "encoding"}, sort_keys=True)
+            for c in cards}
     if len(docs) != 1:
         sys.exit(f"soup: the students were trained against different document encoders: {sorted(docs)}")
     states = [load_file(str(s / "model.safetensors")) for s in a.students]
