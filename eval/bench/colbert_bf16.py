@@ -23,15 +23,6 @@ import time
 from pathlib import Path
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The bf16-related CPU flags of this machine (``avx512_bf16``, ``amx_bf16``), from /proc/cpuinfo."""
-    try:
-        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16", "avx512f")})
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="all-mpnet-base-v2")
@@ -46,6 +37,7 @@ def main(argv=None) -> dict:
     from scipy.stats import spearmanr
 
     from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.models.encoder import cpu_bf16_flags
     from retrieval_distill.teachers import build_teacher
 
     ds = load_collection(a.dataset)
