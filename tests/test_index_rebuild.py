@@ -187,6 +187,7 @@ def test_bf16_index_manifest_verify_and_dtype_change(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     m = IndexStore(root).current().load().manifest
     assert m.extra["dtype"] == "bf16" and m.extra["speed_check"]["ok"] and m.extra["speed_check"]["min_cosine"] >= 0.99
+    assert m.extra["encoding_cache"].endswith("-bf16")  # never the folder an fp32 build of this corpus uses
     rep = verify_version(IndexStore(root).current(), sample=8)
     assert rep.ok, str(rep)
     lines, log = _log()

@@ -252,6 +252,7 @@ def test_ensemble_member_states_resume_and_are_reused_by_the_member_alone(adi, a
     job's, and a later job of the ColBERT member alone reuses the states through
     ``doc_states``."""
     import json
+    import shutil
 
     from retrieval_distill.teachers.bi_encoder import BiEncoderTeacher
     from retrieval_distill.teachers.colbert import ColBERTTeacher
@@ -286,12 +287,25 @@ def test_ensemble_member_states_resume_and_are_reused_by_the_member_alone(adi, a
     assert len(a) == 350 and a[["qid", "docid", "teacher"]].equals(c[["qid", "docid", "teacher"]])
     np.testing.assert_allclose(a["score"].to_numpy(), c["score"].to_numpy(), rtol=1e-5, atol=1e-5)
 
+    # another member's chunk in the ColBERT member's folder (loads, but the teacher refuses its
+    # shapes): recomputed, not a job stuck on it
+    shutil.copy(states / "member-01" / "chunk-00002.npz", states / "member-00" / "chunk-00002.npz")
+    for p in (tmp_path / "A").glob("part-*.parquet"):
+        p.unlink()
+    encoded.update(colbert=0, bi=0)
+    score_candidates(spec, run, adi.queries, adi.doc_text, tmp_path / "A", **kw)
+    assert encoded == {"colbert": 16, "bi": 0}
+
     encoded.update(colbert=0, bi=0)
     alone = {**colbert_spec, "options": {**colbert_spec["options"], "doc_states": str(tmp_path / "A")}}
     score_candidates(alone, run, adi.queries, adi.doc_text, tmp_path / "M", **kw)
     assert encoded["colbert"] == 0
     with pytest.raises(ValueError, match="nor of any ensemble member"):
         build_teacher({**colbert_spec, "options": {"doc_maxlen": 64, "doc_states": str(tmp_path / "A")}})
+    raw = (states / "member-00" / "chunk-00000.npz").read_bytes()
+    (states / "member-00" / "chunk-00000.npz").write_bytes(raw[:100])  # a truncated chunk in the source folder
+    with pytest.raises(ValueError, match=r"chunk-00000.npz: unreadable document-state chunk \(BadZipFile"):
+        build_teacher(alone)
 
 
 def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run, tmp_path, monkeypatch):

@@ -276,7 +276,8 @@ def encode_corpus(
             # the fp32 check runs here, before any shard is written (Ray actors repeat it on their
             # own copy); it is kept with the shards. Raises BF16FidelityError.
             s0, e0 = bounds[todo[0]]
-            state["speed_check"] = encoder.speed_check or encoder.check_bf16(texts[s0:e0])
+            check = encoder.speed_check or encoder.check_bf16(texts[s0:e0])
+            state.setdefault("speed_check", check)  # a resumed folder keeps the check of its first shard
         write_json_atomic(state_path, state)
         if backend == "ray":
             from retrieval_distill.scale.ray_encode import encode_shards_ray

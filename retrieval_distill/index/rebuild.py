@@ -285,6 +285,14 @@ def _load_corpus(spec: IndexSpec) -> tuple[list[str], list[str], str]:
     return corpus_items(coll)
 
 
+def _dtype_suffix(encoder) -> str:
+    """``-bf16`` for a bf16 encoder: encodings of another dtype live in their own folder, so two
+    builds of one corpus in different dtypes never share (or overwrite) shards; ``""`` for fp32
+    (the folder names written before dtype existed)."""
+    dtype = getattr(encoder, "dtype", "fp32")
+    return "" if dtype == "fp32" else f"-{dtype}"
+
+
 def _speed_check(cache: Path) -> dict:
     """``{"speed_check": ...}`` from an encoding folder whose shards were checked (bf16), else ``{}``."""
     try:
@@ -300,7 +308,7 @@ def full_build(spec: IndexSpec, store: IndexStore, docids, texts, hashes, encode
     metric, normalized = spec_similarity(spec)
     doc_ref, q_ref = _refs(spec)
     cfp = corpus_fingerprint(docids, hashes)
-    cache = spec.encodings_dir() / f"{doc_ref.fingerprint[:8]}-{cfp}"
+    cache = spec.encodings_dir() / f"{doc_ref.fingerprint[:8]}-{cfp}{_dtype_suffix(encoder)}"
     t0 = time.perf_counter()
     ids, emb = encode_corpus(encoder, (docids, texts), cache, shard_size=spec.shard_size, backend=spec.backend)
     enc_s = time.perf_counter() - t0
@@ -395,7 +403,7 @@ def _incremental(spec, store, current, decision: Decision, docids, texts, hashes
     if to_add:
         encoder = _encoder(spec)
         delta_h = doc_hashes(to_add, [text_of[d] for d in to_add])
-        cache = spec.encodings_dir() / f"delta-{refs[0].fingerprint[:8]}-{corpus_fingerprint(to_add, delta_h)}"
+        cache = spec.encodings_dir() / f"delta-{refs[0].fingerprint[:8]}-{corpus_fingerprint(to_add, delta_h)}{_dtype_suffix(encoder)}"
         t0 = time.perf_counter()
         _, add_emb = encode_corpus(encoder, (to_add, [text_of[d] for d in to_add]), cache, shard_size=spec.shard_size,
                                    backend=spec.backend)

@@ -375,7 +375,11 @@ def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str
     states: list = []
     hashes: list[str] = []
     for path in chunks:
-        st, ids, h = _read_state(path)
+        try:
+            st, ids, h = _read_state(path)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: zipfile, numpy or key errors
+            raise ValueError(f"{path}: unreadable document-state chunk ({type(e).__name__}: {e}); rescore that folder "
+                             "or drop the doc_states option") from None
         if ids is None or h is None:
             raise ValueError(f"{path}: written before document states recorded their docids; rescore that folder to reuse it")
         if len(st) != len(ids):
@@ -470,19 +474,19 @@ def prepare_document_state(
     for i in range(0, len(docids), chunk):
         ids = docids[i : i + chunk]
         path = folder / f"chunk-{i // chunk:05d}.npz"
-        state = None
+        loaded = False
         if path.exists():
-            try:
-                state = _load_state(path, len(ids), ids)
+            try:  # a chunk the teacher refuses (another member's state, other shapes) is unusable too
+                teacher.set_document_embeddings(ids, _load_state(path, len(ids), ids))
+                loaded = True
             except Exception as e:  # noqa: BLE001
                 log.warning("%s: unusable document-state chunk (%s): deleting and recomputing", path, e)
                 path.unlink()
-        if state is None:
+        if not loaded:
             texts = [doc_text(d) for d in ids]
             state = teacher.encode_document_state(texts)
             _save_state(path, state, ids, [text_hash(t) for t in texts])
-            state = _load_state(path, len(ids), ids)  # use exactly what is on disk
-        teacher.set_document_embeddings(ids, state)
+            teacher.set_document_embeddings(ids, _load_state(path, len(ids), ids))  # use exactly what is on disk
         chunks.append((str(path), ids))
         bar.update(len(ids))
     bar.close()
