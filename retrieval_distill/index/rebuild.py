@@ -52,6 +52,7 @@ from retrieval_distill.index.build import (
 )
 from retrieval_distill.index.manifest import EncoderRef, IndexError_, IndexManifest
 from retrieval_distill.index.store import IndexStore, IndexVersion
+from retrieval_distill.models.encoder import resolve_dtype
 
 
 class IndexSpec(BaseModel):
@@ -263,14 +264,6 @@ def plan(
     return Decision("incremental", reasons, added, removed, changed)
 
 
-def effective_dtype(dtype: str) -> str:
-    """The dtype an encoder asked for ``dtype`` runs in on this CPU (bf16 falls back to fp32
-    without native bf16; :class:`~retrieval_distill.models.encoder.Encoder`)."""
-    from retrieval_distill.models.encoder import cpu_bf16_flags
-
-    return "bf16" if dtype == "bf16" and cpu_bf16_flags() else "fp32"
-
-
 def _encoder(spec: IndexSpec):
     from retrieval_distill.models.encoder import Encoder
 
@@ -359,7 +352,7 @@ def rebuild(spec: IndexSpec | str | os.PathLike, dry_run: bool = False, force_fu
             current = None
         metric, normalized = spec_similarity(spec)
         decision = plan(spec, current, docids, hashes, refs, metric=metric, normalized=normalized,
-                        dtype=effective_dtype(spec.dtype))
+                        dtype=resolve_dtype(spec.dtype))
         if force_full and decision.action != "full":
             decision = Decision("full", ["--full requested"] + decision.reasons)
         log(f"decision: {decision}")

@@ -17,7 +17,6 @@ speed ratio and the cosines on real passages.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -48,6 +47,19 @@ def cpu_bf16_flags() -> list[str]:
     except (OSError, StopIteration):
         return []
     return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")})
+
+
+def resolve_dtype(dtype: str, force_bf16: bool = False) -> str:
+    """The dtype an encoder asked for ``dtype`` runs in on this CPU: ``bf16`` only where the CPU
+    has native bf16 (or ``force_bf16``), else ``fp32``. The one rule for the encoder and for
+    rebuild decisions.
+
+    Raises:
+        ValueError: ``dtype`` not in :data:`DTYPES`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"encoder dtype must be one of {DTYPES}, got {dtype!r}")
+    return "bf16" if dtype == "bf16" and (force_bf16 or cpu_bf16_flags()) else "fp32"
 
 
 class Encoder:
@@ -82,13 +94,10 @@ class Encoder:
         min_cosine: float | None = None,
         force_bf16: bool = False,
     ):
-        if dtype not in DTYPES:
-            raise ValueError(f"encoder dtype must be one of {DTYPES}, got {dtype!r}")
-        if dtype == "bf16" and not force_bf16 and not cpu_bf16_flags():
+        self.dtype = resolve_dtype(dtype, force_bf16)
+        if self.dtype != dtype:
             log.warning("dtype bf16: this CPU has no native bf16 (no avx512_bf16 / amx_bf16 in /proc/cpuinfo); "
                         "autocast would emulate it and run slower, so documents are encoded in fp32")
-            dtype = "fp32"
-        self.dtype = dtype
         self.min_cosine = BF16_MIN_COSINE if min_cosine is None else float(min_cosine)
         self.speed_check: dict | None = None
         self.model_name = str(model)
@@ -154,13 +163,9 @@ class Encoder:
     def _encode(self, model, texts: list[str], progress: bool, bf16: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if bf16:
-            import torch
+        import torch
 
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16)
-        else:
-            ctx = contextlib.nullcontext()
-        with ctx:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             emb = model.encode(
                 list(texts),
                 batch_size=self.batch_size,
@@ -189,7 +194,7 @@ class Encoder:
         cos = (a * b).sum(axis=1) / np.where(na > 0, na, 1.0)
         res = {"option": "bf16", "n": len(sample), "min_cosine": float(cos.min()) if len(cos) else 1.0,
                "mean_cosine": float(cos.mean()) if len(cos) else 1.0, "floor": self.min_cosine}
-        if res["min_cosine"] < self.min_cosine:
+        if not np.isfinite(res["min_cosine"]) or res["min_cosine"] < self.min_cosine:  # NaN vectors fail too
             self.speed_check = {**res, "ok": False}
             raise BF16FidelityError(
                 f"{self.model_name}: bf16 document vectors differ from fp32 (min cosine {res['min_cosine']:.5f} over "

@@ -390,51 +390,46 @@ def read_document_states(folder: str | Path, fingerprint: str) -> tuple[list[str
     return docids, states, hashes
 
 
+def _member_record(folder: Path) -> dict | None:
+    """A ``docstate/member-NN`` folder's ``member.json``, or None (missing or unreadable)."""
+    try:
+        rec = json.loads((folder / MEMBER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _member_state_dir(folder: Path, fingerprint: str) -> Path | None:
     """The ``docstate/member-NN`` folder of an ensemble's score folder whose member has
     ``fingerprint``, or None."""
     for d in sorted((folder / DOCSTATE).glob("member-*")):
-        try:
-            rec = json.loads((d / MEMBER_STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if rec.get("fingerprint") == fingerprint:
+        if (_member_record(d) or {}).get("fingerprint") == fingerprint:
             return d
     return None
 
 
 def prepare_member_states(
     teacher, docids: list[str], doc_text: Callable[[str], str], folder: Path, chunk: int = 512, progress: bool = True
-) -> int:
+) -> None:
     """The document pass of an ensemble: :func:`prepare_document_state` for every member that
     has document-side state, each under ``folder/member-NN`` beside a ``member.json``
     (``{"name", "kind", "fingerprint"}``). A member folder recorded for another fingerprint
-    (the ensemble's members changed) is emptied first.
-
-    Returns:
-        the number of members whose state was prepared.
-    """
+    (the ensemble's members changed) is emptied first."""
     import shutil
 
-    done = 0
     for i, m in enumerate(getattr(teacher, "members", None) or []):
         if not has_document_state(m):
             continue
         sub = folder / f"member-{i:02d}"
         rec = {"name": m.spec.name, "kind": m.spec.kind, "fingerprint": m.fingerprint}
-        try:
-            old = json.loads((sub / MEMBER_STATE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
+        old = _member_record(sub)
         if old is not None and old.get("fingerprint") != rec["fingerprint"]:
             log.warning("%s: document states of another member (%s); recomputing", sub, old.get("name"))
             shutil.rmtree(sub)
-        sub.mkdir(parents=True, exist_ok=True)
-        if old is None or old.get("fingerprint") != rec["fingerprint"]:
+        if old != rec:
+            sub.mkdir(parents=True, exist_ok=True)
             write_json_atomic(sub / MEMBER_STATE, rec)
         prepare_document_state(m, docids, doc_text, sub, chunk=chunk, progress=progress)
-        done += 1
-    return done
 
 
 def load_document_state(teacher, chunks: list[tuple[str, list[str]]]) -> None:
