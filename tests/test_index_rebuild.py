@@ -94,6 +94,12 @@ def test_plan_decisions(tmp_path):
     other = build_index(emb, docids, tmp_path / "other", manifest_extra={"encoder": {"name": "x", "fingerprint": "f" * 16}})
     d = decide(other)
     assert d.action == "full" and d.reasons[0].startswith("document encoder changed (x@ffff")
+    # the token limit: a version built with max_length 128 is stale for a spec without one (and
+    # the reverse); versions whose manifest predates the key (hnsw above) are not compared
+    short = build_index(emb, docids, tmp_path / "short", manifest_extra={"max_length": 128}, **base)
+    d = decide(short)
+    assert d.action == "full" and d.reasons == ["document max_length changed (128 -> None tokens)"]
+    assert decide(short, max_length=128).action == "noop"
 
     # HNSW: 5 removals of 82 stay under 10% tombstones; 9 do not
     d = decide(hnsw, docids[5:], hashes[5:], factory="HNSW32", params={"efConstruction": 40})
@@ -188,6 +194,7 @@ def test_bf16_index_manifest_verify_and_dtype_change(tmp_path, monkeypatch):
     m = IndexStore(root).current().load().manifest
     assert m.extra["dtype"] == "bf16" and m.extra["speed_check"]["ok"] and m.extra["speed_check"]["min_cosine"] >= 0.99
     assert m.extra["encoding_cache"].endswith("-bf16")  # never the folder an fp32 build of this corpus uses
+    assert m.extra["max_length"] is None  # the spec's token limit (the model's own), for rebuild decisions
     rep = verify_version(IndexStore(root).current(), sample=8)
     assert rep.ok, str(rep)
     lines, log = _log()

@@ -331,3 +331,21 @@ def test_ensemble_normalization_none_keeps_raw_scores_and_the_members_scale():
     pairs = (["q1", "q1"], ["vector space model", "vector space model"], ["d1", "d2"],
              ["the vector space model of retrieval", "cooking recipes"])
     assert np.allclose(one.score_ids(*pairs), score_pairs(one.members[0], *pairs), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec, bad",
+    [
+        ({"kind": "bm25", "options": {"index": "x", "k_1": 1.2}}, "'k_1'"),
+        ({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"max_len": 64}}, "'max_len'"),
+        ({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_max_len": 128, "dtype": "bf16"}}, "'doc_max_len'"),
+        ({"kind": "cross_encoder", "model": "x", "options": {"quantise": "int8"}}, "'quantise'"),
+        ({"kind": "ensemble", "members": [{"kind": "bm25", "options": {"index": "x"}}], "options": {"weights": [1]}}, "'weights'"),
+    ],
+)
+def test_unknown_teacher_option_is_refused_before_any_work(spec, bad):
+    """A misspelt option used to be ignored while entering the fingerprint; now it is an error
+    naming it and the known options (raised before a model or index is opened)."""
+    with pytest.raises(ValueError, match=r"unknown option\(s\) " + bad + r"; known: ") as e:
+        build_teacher(spec)
+    assert spec["kind"] in str(e.value)

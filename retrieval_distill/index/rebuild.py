@@ -16,7 +16,8 @@ store's current manifest and decides:
   or removed since the last training exceed ``ivf_retrain_drift`` of the corpus it was
   trained on, the job re-trains (full rebuild);
 * ``full``: no current version, an unreadable one, another document encoder, another
-  factory/metric/normalisation or build parameter.
+  factory/metric/normalisation or build parameter, another document dtype or ``max_length``
+  (token limit; versions built before it was recorded in the manifest are not compared).
 
 Every action writes a new version folder atomically and then switches ``CURRENT`` with
 ``os.replace``; a SIGKILL at any moment leaves the previous version current and intact
@@ -222,6 +223,9 @@ def plan(
     old_dtype = m.extra.get("dtype", "fp32")
     if dtype is not None and old_dtype != dtype:
         full.append(f"document encoding dtype changed ({old_dtype} -> {dtype})")
+    # the spec's token limit (None: the model's own); versions built before it was recorded lack the key
+    if "max_length" in m.extra and m.extra["max_length"] != spec.max_length:
+        full.append(f"document max_length changed ({m.extra['max_length']} -> {spec.max_length} tokens)")
     if full:
         return Decision("full", full)
 
@@ -313,6 +317,7 @@ def full_build(spec: IndexSpec, store: IndexStore, docids, texts, hashes, encode
             "encoder": doc_ref.model_dump(), "query_encoder": q_ref.model_dump(), "documents_side": spec.side,
             "corpus": spec.dataset, "corpus_fingerprint": cfp, "encode_seconds": round(enc_s, 3),
             "spec": spec.name, "encoding_cache": str(cache), "dtype": getattr(encoder, "dtype", "fp32"),
+            "max_length": spec.max_length,
             **_speed_check(cache),
         },
     )

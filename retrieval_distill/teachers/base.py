@@ -69,6 +69,27 @@ class Teacher(Protocol):
 _REGISTRY: dict[str, Callable[[TeacherSpec], Teacher]] = {}
 
 
+def check_options(spec: "TeacherSpec", known: frozenset[str]) -> None:
+    """Refuse options a teacher kind does not read.
+
+    An unknown key (a typo such as ``doc_max_len``) would otherwise be ignored while still
+    changing the spec's fingerprint, so a score file would claim a setting that never applied.
+
+    Args:
+        spec: the teacher's spec; ``spec.options`` is checked.
+        known: the option names the kind reads.
+
+    Raises:
+        ValueError: naming the teacher, the unknown option(s) and the known ones.
+    """
+    unknown = sorted(set(spec.options) - known)
+    if unknown:
+        raise ValueError(
+            f"teacher {spec.display_name()} ({spec.kind}): unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
 def register_teacher(kind: str) -> Callable:
     """Class decorator: ``@register_teacher("bm25")`` makes ``build_teacher`` know a kind."""
 

@@ -30,7 +30,7 @@ import contextlib
 
 import numpy as np
 
-from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
 
@@ -44,12 +44,14 @@ class BiEncoderTeacher:
 
     Raises:
         ModelNotFoundError: the model cannot be resolved.
-        ValueError: unknown ``dtype``.
+        ValueError: unknown ``dtype``, or an option not listed above.
     """
 
     scale = "cosine"
+    OPTIONS = frozenset({"dtype", "batch_size", "max_length", "cache_documents", "embeddings"})
 
     def __init__(self, spec: TeacherSpec):
+        check_options(spec, self.OPTIONS)
         from retrieval_distill.models.encoder import Encoder
 
         self.spec = spec

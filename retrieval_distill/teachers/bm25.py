@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
 from retrieval_distill.utils import fingerprint_files
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,15 @@ class BM25Teacher:
     """BM25 scores from a Lucene index (scale ``bm25``: unbounded, query-dependent sums).
 
     Raises:
-        ValueError: no ``index`` option.
+        ValueError: no ``index`` option, or an option other than ``index``, ``k1``, ``b``.
         FileNotFoundError: the index folder does not exist.
     """
 
     scale = "bm25"
+    OPTIONS = frozenset({"index", "k1", "b"})
 
     def __init__(self, spec: TeacherSpec):
+        check_options(spec, self.OPTIONS)
         from retrieval_distill.search.bm25 import BM25Searcher
 
         self.spec = spec

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_distill.models.resolve import model_fingerprint, resolve_model
-from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
 from retrieval_distill.teachers.speed import MIN_CHECK_PAIRS, check_against_fp32, stays_exact
 
 PUNCT = set(string.punctuation)
@@ -77,12 +77,14 @@ class ColBERTTeacher:
     Raises:
         ModelNotFoundError: the model cannot be resolved.
         FileNotFoundError: a projection file does not exist.
-        ValueError: a bad option, or a projection file that does not load as a (dim_out, hidden) matrix.
+        ValueError: a bad or unknown option, or a projection file that does not load as a (dim_out, hidden) matrix.
     """
 
     scale = "maxsim"
+    OPTIONS = frozenset({"batch_size", "query_maxlen", "doc_maxlen", "markers", "augment", "skip_special", "skip_punctuation", "cache_documents", "dtype", "check_sample", "rel_tol", "min_spearman", "projection", "doc_states", "fit"})
 
     def __init__(self, spec: TeacherSpec):
+        check_options(spec, self.OPTIONS)
         import torch
         from transformers import AutoModel, AutoTokenizer
 

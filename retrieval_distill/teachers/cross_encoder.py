@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_distill.models.resolve import CACHE, ModelNotFoundError, model_fingerprint, resolve_model
-from retrieval_distill.teachers.base import TeacherSpec, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
 from retrieval_distill.teachers.speed import check_against_fp32, stays_exact
 from retrieval_distill.utils import atomic_path
 
@@ -147,13 +147,15 @@ class CrossEncoderTeacher:
 
     Raises:
         ModelNotFoundError: the model path does not exist / cannot be resolved.
-        ValueError: the model is not a cross-encoder, or an unknown option value.
+        ValueError: the model is not a cross-encoder, an unknown option or option value.
         SpeedCheckError: (when scoring) a speed option disagrees with fp32 on the sample.
     """
 
     scale = "logit"
+    OPTIONS = frozenset({"batch_size", "max_length", "backend", "quantize", "dtype", "threads", "check_sample", "rel_tol", "min_spearman"})
 
     def __init__(self, spec: TeacherSpec):
+        check_options(spec, self.OPTIONS)
         if not spec.model:
             raise ValueError("a cross_encoder teacher needs a model (path or hub name)")
         o = spec.options

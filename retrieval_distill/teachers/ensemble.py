@@ -32,7 +32,7 @@ import logging
 
 import numpy as np
 
-from retrieval_distill.teachers.base import TeacherSpec, build_teacher, register_teacher, score_pairs
+from retrieval_distill.teachers.base import TeacherSpec, build_teacher, check_options, register_teacher, score_pairs
 from retrieval_distill.utils import fingerprint_obj
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,15 @@ class EnsembleTeacher:
             empty ``weights`` means equal weights.
 
     Raises:
-        ValueError: no members, weight count mismatch, negative weights, unknown normalisation.
+        ValueError: no members, weight count mismatch, negative weights, unknown normalisation,
+            any ``options`` (they belong to the members).
     """
 
     scale = "fused"
+    OPTIONS = frozenset()  # an ensemble's settings are its fields; options belong to members
 
     def __init__(self, spec: TeacherSpec):
+        check_options(spec, self.OPTIONS)
         if not spec.members:
             raise ValueError("an ensemble teacher needs at least one member spec")
         if spec.normalization not in NORMALIZATIONS:
