@@ -507,3 +507,16 @@ def test_unseen_documents_dev_split(adi_split, tmp_path):
     assert len(pool) == 4  # of ADI's 20 train queries here
     with pytest.raises(ValueError, match="only 4 of 20 train queries have relevant documents no other query shares"):
         Pipeline(cfg3, echo=lines.append).splits()
+
+
+def test_every_shipped_student_config_validates():
+    """The `rd student train` configs of eval/configs (query_side/, students/) validate as
+    student jobs: a misspelt field there would only show when someone runs the recipe."""
+    from retrieval_distill.distill.job import load_job
+
+    root = Path(__file__).resolve().parents[1] / "eval" / "configs"
+    jobs = sorted((root / "query_side").glob("*.yaml")) + sorted((root / "students").glob("*.yaml"))
+    assert len(jobs) >= 10
+    for p in jobs:
+        job = load_job(p)
+        assert job.output, p
