@@ -152,7 +152,9 @@ class CrossEncoderTeacher:
     """
 
     scale = "logit"
-    OPTIONS = frozenset({"batch_size", "max_length", "backend", "quantize", "dtype", "threads", "check_sample", "rel_tol", "min_spearman"})
+    OPTIONS = frozenset({
+        "batch_size", "max_length", "backend", "quantize", "dtype", "threads", "check_sample", "rel_tol", "min_spearman",
+    })
 
     def __init__(self, spec: TeacherSpec):
         check_options(spec, self.OPTIONS)
