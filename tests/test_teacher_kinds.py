@@ -339,6 +339,8 @@ def test_ensemble_normalization_none_keeps_raw_scores_and_the_members_scale():
         ({"kind": "bm25", "options": {"index": "x", "k_1": 1.2}}, "'k_1'"),
         ({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"max_len": 64}}, "'max_len'"),
         ({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_max_len": 128, "dtype": "bf16"}}, "'doc_max_len'"),
+        # `fit` only means something to the pipeline (with projection: fit), which strips it
+        ({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"fit": {"dim": 16}}}, "'fit'"),
         ({"kind": "cross_encoder", "model": "x", "options": {"quantise": "int8"}}, "'quantise'"),
         ({"kind": "ensemble", "members": [{"kind": "bm25", "options": {"index": "x"}}], "options": {"weights": [1]}}, "'weights'"),
     ],

@@ -84,8 +84,7 @@ class ColBERTTeacher:
     OPTIONS = frozenset({
         "batch_size", "query_maxlen", "doc_maxlen", "markers", "augment", "skip_special", "skip_punctuation",
         "cache_documents", "dtype", "check_sample", "rel_tol", "min_spearman", "projection", "doc_states",
-        "fit",  # the pipeline's fit settings (retrieval_distill.config.colbert_fit), with projection: fit
-    })  # fmt: skip
+    })  # fmt: skip  (a pipeline member's `fit` settings are removed before the teacher is built)
 
     def __init__(self, spec: TeacherSpec):
         check_options(spec, self.OPTIONS)
