@@ -31,6 +31,16 @@ def _warm_ranx():
     warm_up()
 
 
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """As on a CPU with native bf16 (AVX-512-BF16): the bf16 paths of encoders and teachers run
+    (emulated, slower, where the CPU lacks it) whatever CPU the tests land on; without it they
+    fall back to fp32 on an AVX2-only machine (``models.encoder.resolve_dtype``)."""
+    import retrieval_distill.models.encoder as E
+
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+
+
 @pytest.fixture(scope="session")
 def adi():
     from retrieval_distill.data.collections import load_collection

@@ -308,7 +308,7 @@ def test_ensemble_member_states_resume_and_are_reused_by_the_member_alone(adi, a
         build_teacher(alone)
 
 
-def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run, tmp_path, monkeypatch):
+def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run, tmp_path, monkeypatch, native_bf16):
     """``dtype: bf16``: the scoring job checks bf16 against fp32 on real pairs before it
     encodes any document, records the check in the manifest, and ranks like fp32; a drift
     past the tolerance stops the job before the pass; the option enters the fingerprint."""
@@ -351,7 +351,7 @@ def test_bf16_is_checked_against_fp32_before_the_document_pass(adi, adi_bm25_run
         build_teacher({**spec, "options": {"dtype": "fp16"}})
 
 
-def test_bf16_too_few_pairs_to_check_runs_fp32(colbert, adi):
+def test_bf16_too_few_pairs_to_check_runs_fp32(colbert, adi, native_bf16):
     """Before any check, a call of fewer than 3 pairs cannot check bf16: it is scored in fp32
     (bit-equal to the fp32 teacher) and the check is left for a larger call."""
     bf = build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128, "dtype": "bf16"}})
@@ -364,3 +364,28 @@ def test_bf16_too_few_pairs_to_check_runs_fp32(colbert, adi):
     ds = [adi.doc_text(k) for k in ("1", "2", "3", "4")]
     bf.score(qs, ds)
     assert bf.speed_check is not None and bf.speed_check["n"] == 4
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(colbert, adi, monkeypatch, caplog):
+    """On a CPU without native bf16 (an AVX2-only EPYC; ``cpu_bf16_flags`` empty) a ``dtype:
+    bf16`` teacher runs fp32 (autocast would only emulate bf16, slower), says so in the log, and
+    scores as, and fingerprints as, the fp32 teacher: its score file cannot pass for a bf16 one."""
+    import logging
+
+    import retrieval_distill.models.encoder as E
+
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: [])
+    with caplog.at_level(logging.WARNING, logger="retrieval_distill.teachers.base"):
+        bf = build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128, "dtype": "bf16"}})
+    assert "no native bf16" in caplog.text
+    assert bf.dtype == "fp32" and not bf.fast and bf.spec.options["dtype"] == "fp32"
+    ref = build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128, "dtype": "fp32"}})
+    assert bf.fingerprint == ref.fingerprint
+    qs = [adi.queries[k] for k in ("1", "2", "3", "4")]
+    ds = [adi.doc_text(k) for k in ("1", "2", "3", "4")]
+    colbert.clear_cache()
+    assert np.array_equal(bf.score(qs, ds), colbert.score(qs, ds))
+    assert bf.speed_check is None  # nothing to check: no speed path ran
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    native = build_teacher({"kind": "colbert", "model": "all-MiniLM-L6-v2", "options": {"doc_maxlen": 128, "dtype": "bf16"}})
+    assert native.dtype == "bf16" and native.fast and native.fingerprint != ref.fingerprint

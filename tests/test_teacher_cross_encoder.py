@@ -100,7 +100,7 @@ def test_fit_refuses_to_replace_a_foreign_folder(tmp_path):
         fit_cross_encoder("all-MiniLM-L6-v2", {"q": "x"}, {"q": {"d": 1}}, {"q": ["d"]}, lambda d: "x", afile)
 
 
-def test_bf16_too_few_pairs_to_check_runs_fp32(ce_path, sample):
+def test_bf16_too_few_pairs_to_check_runs_fp32(ce_path, sample, native_bf16):
     """Before any check, a call of fewer than 3 pairs cannot check bf16 (``speed.stays_exact``):
     it is scored in fp32, bit-equal to the fp32 teacher, and the check waits for a larger call."""
     qs, ps = sample
@@ -111,3 +111,17 @@ def test_bf16_too_few_pairs_to_check_runs_fp32(ce_path, sample):
     assert bf.speed_check is None
     bf.score(qs[:4], ps[:4])
     assert bf.speed_check is not None and bf.speed_check["n"] == 4 and bf.speed_check["option"] == "bf16"
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(ce_path, sample, monkeypatch):
+    """No native bf16 on this CPU: the cross-encoder's ``dtype: bf16`` runs (and fingerprints
+    as) fp32, bit-equal to the fp32 teacher, with no speed check to run."""
+    import retrieval_distill.models.encoder as E
+
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: [])
+    qs, ps = sample
+    opts = {"max_length": 96}
+    ref = build_teacher({"kind": "cross_encoder", "model": str(ce_path), "options": {**opts, "dtype": "fp32"}})
+    bf = build_teacher({"kind": "cross_encoder", "model": str(ce_path), "options": {**opts, "dtype": "bf16"}})
+    assert bf.dtype == "fp32" and not bf.fast and bf.fingerprint == ref.fingerprint
+    assert np.array_equal(bf.score(qs[:4], ps[:4]), ref.score(qs[:4], ps[:4])) and bf.speed_check is None

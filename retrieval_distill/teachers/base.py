@@ -13,6 +13,7 @@ teachers reuse cached document vectors) also implement
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -20,6 +21,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval_distill.utils import fingerprint_obj
+
+log = logging.getLogger(__name__)
 
 
 class TeacherSpec(BaseModel):
@@ -88,6 +91,40 @@ def check_options(spec: "TeacherSpec", known: frozenset[str]) -> None:
             f"teacher {spec.display_name()} ({spec.kind}): unknown option(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(sorted(known))}"
         )
+
+
+def resolve_teacher_dtype(spec: "TeacherSpec") -> tuple[str, "TeacherSpec"]:
+    """The dtype a teacher's ``dtype`` option runs in on this CPU, and the spec it scores as.
+
+    ``bf16`` (``torch.autocast`` in bfloat16) pays only where the CPU has native bf16
+    (``avx512_bf16`` / ``amx_bf16`` in ``/proc/cpuinfo``); elsewhere autocast emulates it, slower
+    than fp32 (``eval/bench/colbert_bf16.py``). So on such a CPU a ``bf16`` teacher falls back to
+    fp32, logs it, and its spec (hence its fingerprint and the score file's manifest) says
+    ``fp32``: the scores are exactly an fp32 teacher's, and a score folder started in bf16 on
+    another machine is not silently resumed with fp32 scores (the fingerprints differ). The
+    same rule as the index encoder's (:func:`retrieval_distill.models.encoder.resolve_dtype`).
+
+    Args:
+        spec: the teacher's spec; ``spec.options["dtype"]`` (default ``fp32``) is read.
+
+    Returns:
+        ``(dtype, spec)``: ``"fp32"`` or ``"bf16"``, and ``spec`` itself or, after a fallback,
+        a copy with ``dtype: fp32``.
+
+    Raises:
+        ValueError: a ``dtype`` other than ``fp32`` / ``bf16``.
+    """
+    from retrieval_distill.models.encoder import resolve_dtype
+
+    asked = spec.options.get("dtype", "fp32")
+    if asked not in ("fp32", "bf16"):
+        raise ValueError(f"{spec.kind} dtype must be 'fp32' or 'bf16', got {asked!r}")
+    runs = resolve_dtype(asked)
+    if runs != asked:
+        log.warning("teacher %s (%s): dtype bf16 asked for, but this CPU has no native bf16 (avx512_bf16 / amx_bf16): "
+                    "running fp32, and the score file says so", spec.display_name(), spec.kind)
+        spec = spec.model_copy(update={"options": {**spec.options, "dtype": runs}})
+    return runs, spec
 
 
 def register_teacher(kind: str) -> Callable:

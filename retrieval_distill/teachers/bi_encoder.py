@@ -30,7 +30,7 @@ import contextlib
 
 import numpy as np
 
-from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, resolve_teacher_dtype, spec_fingerprint
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
 
@@ -54,12 +54,10 @@ class BiEncoderTeacher:
         check_options(spec, self.OPTIONS)
         from retrieval_distill.models.encoder import Encoder
 
+        self.dtype, spec = resolve_teacher_dtype(spec)  # bf16 -> fp32 on a CPU without native bf16
         self.spec = spec
         opts = spec.options
         self.model_name = spec.model or DEFAULT_MODEL
-        self.dtype = opts.get("dtype", "fp32")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"bi_encoder dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         self.encoder = Encoder(
             self.model_name,
             batch_size=int(opts.get("batch_size", 32)),

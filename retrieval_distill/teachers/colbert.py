@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_distill.models.resolve import model_fingerprint, resolve_model
-from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, resolve_teacher_dtype, spec_fingerprint
 from retrieval_distill.teachers.speed import MIN_CHECK_PAIRS, check_against_fp32, stays_exact
 
 PUNCT = set(string.punctuation)
@@ -91,6 +91,7 @@ class ColBERTTeacher:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        self.dtype, spec = resolve_teacher_dtype(spec)  # bf16 -> fp32 on a CPU without native bf16
         self.spec = spec
         o = spec.options
         self.model_name = spec.model or "all-mpnet-base-v2"
@@ -114,9 +115,6 @@ class ColBERTTeacher:
         self.skip_special = bool(o.get("skip_special", True))
         self.skip_punctuation = bool(o.get("skip_punctuation", True))
         self.cache_documents = bool(o.get("cache_documents", True))
-        self.dtype = o.get("dtype", "fp32")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"colbert dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         self.fast = self.dtype == "bf16"
         self._exact = False  # True while fp32 is forced (the speed check's reference, calls too small to check)
         self.speed_check: dict | None = None

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_distill.models.resolve import CACHE, ModelNotFoundError, model_fingerprint, resolve_model
-from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, spec_fingerprint
+from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, resolve_teacher_dtype, spec_fingerprint
 from retrieval_distill.teachers.speed import check_against_fp32, stays_exact
 from retrieval_distill.utils import atomic_path
 
@@ -160,17 +160,15 @@ class CrossEncoderTeacher:
         check_options(spec, self.OPTIONS)
         if not spec.model:
             raise ValueError("a cross_encoder teacher needs a model (path or hub name)")
+        self.dtype, spec = resolve_teacher_dtype(spec)  # bf16 -> fp32 on a CPU without native bf16
         o = spec.options
         self.spec = spec
         self.batch_size = int(o.get("batch_size", 32))
         self.max_length = int(o.get("max_length", 256))
         self.backend = o.get("backend", "torch")
         self.quantize = o.get("quantize", "int8" if self.backend == "onnx" else "none")
-        self.dtype = o.get("dtype", "fp32")
         if self.backend not in ("torch", "onnx"):
             raise ValueError(f"cross_encoder backend must be 'torch' or 'onnx', got {self.backend!r}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"cross_encoder dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         self.ce, self.path = load_cross_encoder(spec.model, self.max_length)
         self.tokenizer = self.ce.tokenizer
         self._weights_fp = model_fingerprint(self.path) if Path(self.path).is_dir() else spec.model
