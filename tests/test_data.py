@@ -7,7 +7,7 @@ import pytest
 
 from retrieval_distill.data.collections import DataFormatError, load_collection, load_qrels, register_ir_datasets
 
-from conftest import ADI, SCIFACT
+from conftest import ADI, SCIFACT, TREC_DL
 
 
 def test_adi_counts(adi):
@@ -230,3 +230,25 @@ def test_a_folder_where_a_data_file_belongs_is_named(tmp_path, file):
     (d / file).mkdir()
     with pytest.raises(DataFormatError, match=re.escape(f"{d / file}: a folder, not a text file")):
         load_collection(d, split="test")
+
+
+def test_corpus_of_a_folder_without_a_test_split(tmp_path):
+    """An index needs only the corpus: a folder whose qrels are ``dl19*.tsv`` only (the
+    TREC-DL pool) or that has no qrels at all loads for indexing without ``--split``, while
+    loading it for evaluation still asks for a split that exists."""
+    from retrieval_distill.data.collections import load_collection, load_corpus_collection
+
+    pool = TREC_DL
+    c = load_corpus_collection(pool)
+    assert len(c.corpus) == 30005 and c.qrels == {}
+    with pytest.raises(FileNotFoundError, match=r"splits here: dl19, dl19.only-passages-in-corpus"):
+        load_collection(pool)
+    assert len(load_corpus_collection(pool, split="dl19.only-passages-in-corpus").qrels) == 43
+    folder = tmp_path / "own"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text('{"_id": "a", "title": "", "text": "first passage"}\n'
+                                         '{"_id": "b", "title": "T", "text": "second passage"}\n')
+    (folder / "queries.jsonl").write_text("")
+    own = load_corpus_collection(folder)
+    assert sorted(own.corpus) == ["a", "b"] and own.queries == {}
+    assert load_corpus_collection("classic/adi").name == "classic/adi" and len(load_corpus_collection("classic/adi").corpus) == 82

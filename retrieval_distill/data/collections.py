@@ -315,6 +315,29 @@ def load_collection(spec: str | os.PathLike, split: str | None = None, **kwargs)
     return _load_ir_datasets(str(spec))
 
 
+def load_corpus_collection(spec: str | os.PathLike, split: str | None = None) -> Collection:
+    """The collection an index or a corpus pass needs: its corpus. With ``split`` as
+    :func:`load_collection`; without, a folder (or local id) is loaded with *no* qrels split, so
+    a corpus whose folder has no ``qrels/test.tsv`` (the TREC-DL pool: ``dl19``,
+    ``dl19.only-passages-in-corpus``; a corpus-only folder) is indexed without naming one.
+
+    Raises:
+        FileNotFoundError / DataFormatError: as :func:`load_collection`.
+    """
+    if split is not None:
+        return load_collection(spec, split=split)
+    p = Path(spec)
+    if p.is_dir():
+        return load_beir_folder(p, None)
+    local = find_local(str(spec))
+    if local is not None:
+        folder, sp = local
+        c = load_beir_folder(folder, sp)
+        c.name = str(spec)
+        return c
+    return _load_ir_datasets(str(spec))
+
+
 def _load_ir_datasets(dataset_id: str) -> Collection:
     """Load an ir_datasets id (online users; needs the dataset downloaded or downloadable)."""
     import ir_datasets

@@ -149,9 +149,9 @@ def verify(
         v = open_version(root)
         corpus = None
         if dataset:
-            from retrieval_distill.data.collections import load_collection
+            from retrieval_distill.data.collections import load_corpus_collection
 
-            corpus = load_collection(dataset)
+            corpus = load_corpus_collection(dataset)
         rep = verify_version(v, corpus=corpus, sample=sample)
     except (FileNotFoundError, IndexError_, ValueError) as e:
         _fail(str(e))

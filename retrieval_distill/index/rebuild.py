@@ -276,9 +276,9 @@ def _encoder(spec: IndexSpec):
 
 
 def _load_corpus(spec: IndexSpec) -> tuple[list[str], list[str], str]:
-    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.data.collections import load_corpus_collection
 
-    coll = load_collection(spec.dataset, split=spec.split)
+    coll = load_corpus_collection(spec.dataset, split=spec.split)
     return corpus_items(coll)
 
 

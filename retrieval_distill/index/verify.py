@@ -105,9 +105,9 @@ def verify_version(
     )
     if corpus is None and m.corpus:
         try:
-            from retrieval_distill.data.collections import load_collection
+            from retrieval_distill.data.collections import load_corpus_collection
 
-            corpus = load_collection(m.corpus)
+            corpus = load_corpus_collection(m.corpus)
         except (FileNotFoundError, ValueError) as e:
             rep.warnings.append(f"corpus {m.corpus!r} not loadable ({e}); fresh-encoding check skipped")
     if corpus is None:
