@@ -21,7 +21,8 @@ Spec options:
     dtype ("fp32" | "bf16"): bf16 runs the forward pass under ``torch.autocast``; it is
         checked against fp32 on a sample first (see :mod:`retrieval_distill.teachers.speed`).
         On the 2 shared CPU cores here bf16 measured slower than fp32 for MiniLM, so fp32
-        is the default.
+        is the default. On a CPU without native bf16 it runs fp32 (logged; the spec and
+        fingerprint say fp32): :func:`~retrieval_distill.teachers.base.resolve_teacher_dtype`.
 """
 
 from __future__ import annotations

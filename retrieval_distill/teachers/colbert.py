@@ -43,7 +43,8 @@ enters the fingerprint, and before its first scores it is checked against fp32 o
 :mod:`retrieval_distill.teachers.speed`; on an AVX-512-BF16 CPU all-mpnet-base-v2 token passes
 ran 1.4x faster with another job on the cores (``eval/bench/colbert_bf16.py``) and the SciFact
 fit's pass over 2,056 documents took 8.7 min against about 21 min in fp32; without bf16 units
-autocast emulates it and is slower: measure first), ``markers``
+autocast would emulate it, slower, so there the teacher runs, and fingerprints as, fp32:
+:func:`~retrieval_distill.teachers.base.resolve_teacher_dtype`), ``markers``
 (``[q_marker, d_marker]`` or null), ``augment`` (false), ``projection`` (``identity``,
 ``checkpoint``, or a ``.pt``/``.npy`` path of a (dim_out, dim_in) matrix),
 ``skip_special`` (true), ``skip_punctuation`` (true), ``cache_documents`` (true),

@@ -17,8 +17,10 @@ scores and refused if it drifts (:mod:`retrieval_distill.teachers.speed`):
   sentence-transformers' own ``backend="onnx"`` needs ``optimum``, whose releases pin
   ``transformers<5`` (this project runs transformers 5.24), so the export and the ORT
   runner are written here.
-* ``dtype="bf16"``: ``torch.autocast`` in bfloat16 (measure first: slower than fp32 on
-  CPUs without AMX/AVX512-BF16).
+* ``dtype="bf16"``: ``torch.autocast`` in bfloat16 where the CPU has native bf16
+  (AMX / AVX512-BF16); elsewhere autocast would only emulate it, slower than fp32, so the
+  teacher runs fp32 and its spec and fingerprint say so
+  (:func:`~retrieval_distill.teachers.base.resolve_teacher_dtype`).
 
 ``CrossEncoder.predict`` already sorts each call's pairs by length before batching (less
 padding); the ONNX path does the same with token counts.
