@@ -111,6 +111,23 @@ def test_bi_encoder_reads_an_encoding_folder(adi, bi, pairs, tmp_path):
         build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"embeddings": str(tmp_path)}})
 
 
+def test_bi_encoder_encoding_folder_of_another_dtype_is_refused(adi, tmp_path, native_bf16):
+    """A bf16 encoding (``rd index build --dtype bf16``) preloads only into a ``dtype: bf16``
+    teacher, whose spec and fingerprint then say bf16; an fp32 teacher refuses it, naming both,
+    since its score file would claim fp32 documents."""
+    from retrieval_distill.index.build import encode_corpus
+    from retrieval_distill.models.encoder import Encoder
+
+    encode_corpus(Encoder("all-MiniLM-L6-v2", show_progress=False, dtype="bf16"), adi, tmp_path / "enc", shard_size=64,
+                  show_progress=False)
+    with pytest.raises(ValueError, match="documents encoded in bf16, this teacher runs fp32"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"embeddings": str(tmp_path / "enc")}})
+    bf = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2",
+                        "options": {"dtype": "bf16", "embeddings": str(tmp_path / "enc")}})
+    assert bf.preloaded_docids() == set(adi.docids)
+    assert bf.fingerprint != build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}).fingerprint
+
+
 def test_bm25_teacher_matches_lucene_search(adi, adi_bm25_run):
     index, run_path = adi_bm25_run
     run = read_run(run_path)

@@ -147,11 +147,20 @@ class BiEncoderTeacher:
 
         Raises:
             FileNotFoundError / ValueError: see :func:`retrieval_distill.index.build.load_encoding`;
-            ValueError also when the folder was encoded by other weights or another token limit.
+            ValueError also when the folder was encoded by other weights, another token limit
+            or another dtype than the teacher's (a bf16 ``rd index build --dtype bf16``
+            encoding needs ``dtype: bf16``).
         """
         from retrieval_distill.index.build import load_encoding
 
         docids, emb, key = load_encoding(folder, self.model_name, role="this teacher's")
+        # the folder's vectors stand for this teacher's document pass: same dtype, or the spec
+        # (and the score file's fingerprint) would name a precision its documents never had
+        if key.get("dtype", "fp32") != self.dtype:
+            raise ValueError(
+                f"{folder}: documents encoded in {key.get('dtype', 'fp32')}, this teacher runs {self.dtype} "
+                f"(set options.dtype to {key.get('dtype', 'fp32')}, or preload an encoding made in {self.dtype})"
+            )
         if key.get("max_seq_length") and int(key["max_seq_length"]) != self.max_length:
             raise ValueError(
                 f"{folder}: encoded with max_seq_length {key['max_seq_length']}, this teacher uses {self.max_length} "
