@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -245,3 +246,15 @@ def test_teacher_positives_drop_the_source_and_take_the_teachers_top(adi_synth, 
                                  "--candidates", str(tmp_path / "cands.trec"), "--scores", str(tmp_path / "scores")])  # fmt: skip
     assert r.exit_code == 2 and "exists and is not a link" in r.output, r.output
     assert (tmp_path / "tp5" / "corpus.jsonl").read_text() == "mine\n"
+    # a copy of an output folder (cp -r keeps its links to the original's files) is re-pointed
+    import shutil
+
+    shutil.copytree(out, tmp_path / "copy" / "synth", symlinks=True)
+    shutil.copytree(tmp_path / "tp", tmp_path / "copy" / "tp", symlinks=True)
+    linked = [p.name for p in (tmp_path / "copy" / "tp").iterdir() if p.is_symlink() and p.resolve().parent == Path(out).resolve()]
+    assert linked  # the copy's links still point into the original synthetic folder
+    r = CliRunner().invoke(app, ["queries", "teacher-positives", str(tmp_path / "copy" / "synth"), str(tmp_path / "copy" / "tp"),
+                                 "--candidates", str(tmp_path / "cands.trec"), "--scores", str(tmp_path / "scores")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for name in linked:
+        assert (tmp_path / "copy" / "tp" / name).resolve() == (tmp_path / "copy" / "synth" / name).resolve()

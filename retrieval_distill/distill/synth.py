@@ -313,14 +313,16 @@ def write_synth(
 
 
 def _link_atomic(link: Path, target: Path) -> None:
-    """Make ``link`` a symlink to ``target`` (never a copy), atomically.
+    """Make ``link`` a symlink to ``target`` (never a copy), atomically. A symlink already there
+    that points elsewhere (a work folder copied with ``cp -r`` keeps links to the original's
+    files) is re-pointed: a link holds no data.
 
     Raises:
-        FileExistsError: ``link`` exists and is not a link to ``target``."""
+        FileExistsError: ``link`` exists and is a file or folder, not a symlink."""
     target = Path(target).resolve()
     if link.is_symlink() and link.resolve() == target:
         return
-    if link.exists():
+    if link.exists() and not link.is_symlink():
         raise FileExistsError(f"{link} exists and is not a link to {target}")
     tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
