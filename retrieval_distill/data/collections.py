@@ -303,13 +303,19 @@ def load_collection(spec: str | os.PathLike, split: str | None = None, **kwargs)
     Raises:
         FileNotFoundError / DataFormatError: as :func:`load_beir_folder`.
     """
+    return _load(spec, split, "test", **kwargs)
+
+
+def _load(spec: str | os.PathLike, split: str | None, default_split: str | None, **kwargs) -> Collection:
+    """Folder path, local id or ir_datasets id: ``split``, else the id's own split, else
+    ``default_split`` (``None``: no qrels)."""
     p = Path(spec)
     if p.is_dir():
-        return load_beir_folder(p, split or "test", **kwargs)
+        return load_beir_folder(p, split or default_split, **kwargs)
     local = find_local(str(spec))
     if local is not None:
         folder, sp = local
-        c = load_beir_folder(folder, split or sp or "test", **kwargs)
+        c = load_beir_folder(folder, split or sp or default_split, **kwargs)
         c.name = str(spec)
         return c
     return _load_ir_datasets(str(spec))
@@ -324,18 +330,7 @@ def load_corpus_collection(spec: str | os.PathLike, split: str | None = None) ->
     Raises:
         FileNotFoundError / DataFormatError: as :func:`load_collection`.
     """
-    if split is not None:
-        return load_collection(spec, split=split)
-    p = Path(spec)
-    if p.is_dir():
-        return load_beir_folder(p, None)
-    local = find_local(str(spec))
-    if local is not None:
-        folder, sp = local
-        c = load_beir_folder(folder, sp)
-        c.name = str(spec)
-        return c
-    return _load_ir_datasets(str(spec))
+    return _load(spec, split, None)
 
 
 def _load_ir_datasets(dataset_id: str) -> Collection:

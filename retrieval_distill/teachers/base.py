@@ -114,10 +114,10 @@ def resolve_teacher_dtype(spec: "TeacherSpec") -> tuple[str, "TeacherSpec"]:
     Raises:
         ValueError: a ``dtype`` other than ``fp32`` / ``bf16``.
     """
-    from retrieval_distill.models.encoder import resolve_dtype
+    from retrieval_distill.models.encoder import DTYPES, resolve_dtype
 
     asked = spec.options.get("dtype", "fp32")
-    if asked not in ("fp32", "bf16"):
+    if asked not in DTYPES:  # checked here too, so the message names the teacher kind
         raise ValueError(f"{spec.kind} dtype must be 'fp32' or 'bf16', got {asked!r}")
     runs = resolve_dtype(asked)
     if runs != asked:

@@ -156,10 +156,11 @@ class BiEncoderTeacher:
         docids, emb, key = load_encoding(folder, self.model_name, role="this teacher's")
         # the folder's vectors stand for this teacher's document pass: same dtype, or the spec
         # (and the score file's fingerprint) would name a precision its documents never had
-        if key.get("dtype", "fp32") != self.dtype:
+        encoded = key.get("dtype", "fp32")  # folders written before the key existed are fp32
+        if encoded != self.dtype:
             raise ValueError(
-                f"{folder}: documents encoded in {key.get('dtype', 'fp32')}, this teacher runs {self.dtype} "
-                f"(set options.dtype to {key.get('dtype', 'fp32')}, or preload an encoding made in {self.dtype})"
+                f"{folder}: documents encoded in {encoded}, this teacher runs {self.dtype} "
+                f"(set options.dtype to {encoded}, or preload an encoding made in {self.dtype})"
             )
         if key.get("max_seq_length") and int(key["max_seq_length"]) != self.max_length:
             raise ValueError(
