@@ -410,8 +410,16 @@ class Pipeline:
         return m
 
     def _prime(self, teacher, spec) -> None:
-        """Give an embedding teacher the cached corpus embeddings (no second encoding)."""
+        """Give an embedding teacher the cached corpus embeddings (no second encoding).
+
+        The pipeline's corpus embeddings are fp32 (:meth:`_embeddings`); a member that runs in
+        bf16 (``options.dtype: bf16`` on a CPU with native bf16) encodes its own documents, so
+        its document scores are those of its queries' dtype, as in ``rd teacher score``."""
         if spec.kind == "bi_encoder" and hasattr(teacher, "set_document_embeddings"):
+            if getattr(teacher, "dtype", "fp32") != "fp32":
+                self.echo(f"  teacher member {spec.display_name()}: runs {teacher.dtype}; the pipeline's fp32 "
+                          "corpus embeddings are not preloaded (it encodes its documents itself)")
+                return
             name = "init" if spec.model == self.cfg.student_init else "teacher-" + str(spec.model).replace("/", "_")
             docids, emb = self._embeddings(spec.model, name)
             teacher.set_document_embeddings(docids, emb, preloaded=True)  # the scoring job's document pass skips them
@@ -690,7 +698,7 @@ class Pipeline:
                 "(`student.baseline` in the config).\n\n" + cmp_base.to_markdown()
             )
         sections[f"Significance on {self.splits_used()[-1]} vs the student init"] = cmp.to_markdown() if hasattr(cmp, "to_markdown") else str(cmp)
-        write_report(report_md, title=f"{self.cfg.name}: distillation results ({self.cfg.profile} profile)",
+        write_report(report_md, title=f"{self.cfg.name}: distillation results on {self.cfg.dataset} ({self.cfg.profile} profile)",
                      sections=sections, command=command, commit=commit, data=data)
         return data
 

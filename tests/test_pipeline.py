@@ -66,6 +66,8 @@ def test_pipeline_end_to_end_on_adi(adi_split, tmp_path):
     assert (work / "index" / "flat" / "CURRENT").exists() and (work / "index" / "hnsw32" / "CURRENT").exists()
     report = Path(tmp_path / "report.md").read_text()
     assert "nDCG@10" in report and "rd pipeline" in report
+    # the title names the dataset too (a config reused on another dataset with --set dataset=)
+    assert report.startswith(f"# adi: distillation results on {adi_split} (base profile)")
     w = ens["spec"]["weights"]
     assert f"Kept: `ensemble` (members and weights: bm25 {w[0]:g}, minilm {w[1]:g}; normalization zscore)" in report
     assert any(line.startswith("total wall time") for line in lines)
@@ -349,6 +351,29 @@ def test_set_overrides_and_work_dir_in_report_path(tmp_path):
     assert r.exit_code == 2 and "epochz" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["pipeline", str(p), "--set", "train.epochs"])
     assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+
+
+def test_bf16_bi_encoder_member_is_not_given_the_fp32_corpus_embeddings(adi_split, tmp_path, native_bf16):
+    """The pipeline preloads its fp32 corpus embeddings into a bi-encoder teacher member only
+    when that member runs fp32: a bf16 member encodes its own documents (its queries are bf16),
+    as ``rd teacher score`` refuses an encoding folder of another dtype."""
+    from retrieval_distill.config import PipelineConfig
+    from retrieval_distill.pipeline import Pipeline
+    from retrieval_distill.teachers.base import TeacherSpec, build_teacher
+
+    cfg = PipelineConfig.model_validate({"name": "adi", "dataset": str(adi_split), "work_dir": str(tmp_path / "work"),
+                                         "teacher": {"members": [{"kind": "bm25"}]}})
+    lines: list[str] = []
+    pipe = Pipeline(cfg, echo=lines.append)
+    docids = list(pipe.collection("test").corpus)
+    for dtype, preloaded in (("bf16", 0), ("fp32", len(docids))):
+        spec = TeacherSpec(kind="bi_encoder", model="all-MiniLM-L6-v2", name=f"minilm-{dtype}", options={"dtype": dtype})
+        teacher = build_teacher(spec)
+        assert teacher.dtype == dtype
+        pipe._prime(teacher, spec)
+        assert len(teacher._preloaded) == preloaded
+    assert any("minilm-bf16: runs bf16" in line and "not preloaded" in line for line in lines), lines
+    assert not any("minilm-fp32" in line for line in lines)
 
 
 def test_teacher_candidates_best_on_dev_is_kept(adi_split, tmp_path):
