@@ -8,10 +8,12 @@ killed job leaves at most a stray ``*.tmp`` behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,6 +52,65 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class FolderBusyError(BlockingIOError):
+    """Another process holds a folder's lock (:func:`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str, *, wait: bool = False,
+                on_wait: Any = None, poll_seconds: float = 2.0) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder/.lock`` for the length of the block, so two jobs
+    never write one output folder at once (a score folder, an encoding folder).
+
+    POSIX ``flock`` (stdlib ``fcntl``, as :meth:`~retrieval_distill.index.store.IndexStore.lock`):
+    the kernel releases it when the holder exits or is killed, so a killed job never leaves a
+    stale lock behind and its successor resumes at once. The holder's pid is written into the
+    lock file for the messages.
+
+    Args:
+        folder: the folder (created).
+        what: how messages name the job (``"a scoring job"``).
+        wait: block until the holder finishes (then the caller finds its work done and reuses
+            it) instead of raising.
+        on_wait: called once with a message when ``wait`` and the lock is held elsewhere.
+        poll_seconds: seconds between tries while waiting.
+
+    Yields:
+        the lock file's path.
+
+    Raises:
+        FolderBusyError: the lock is held by another process and ``wait`` is False (the
+            message names the folder and the holder's pid).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fh = open(path, "a+")
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                msg = f"{folder}: {what} is already writing this folder (pid {holder}, lock {path})"
+                if not wait:
+                    raise FolderBusyError(msg + "; wait for it to finish or use another output folder") from None
+                if not told and on_wait is not None:
+                    on_wait(msg + "; waiting for it, then reusing what it wrote")
+                told = True
+                time.sleep(poll_seconds)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # closing the descriptor releases the flock
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

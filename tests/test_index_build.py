@@ -70,6 +70,35 @@ def test_encode_corpus_reuses_and_resumes(tmp_path):
     assert enc.calls == 2
 
 
+def test_two_jobs_on_one_encoding_folder_encode_once(tmp_path, capsys):
+    """A second job on a folder another job is encoding waits on the folder's lock, then
+    reuses the first job's shards: nothing encoded twice, no shard written by two jobs."""
+    import threading
+    import time
+
+    _, emb, _ = S.adi_encoded()
+    first_batch = threading.Event()
+
+    class SlowEncoder(CountingEncoder):
+        def encode_documents(self, texts):
+            first_batch.set()
+            time.sleep(0.2)
+            return super().encode_documents(texts)
+
+    a, b = SlowEncoder(S.encoder()), CountingEncoder(S.encoder())
+    work, out_a = tmp_path / "shared-enc", {}
+    job_a = threading.Thread(target=lambda: out_a.update(r=encode_corpus(a, S.adi(), work, shard_size=S.SHARD, show_progress=False)))
+    job_a.start()
+    assert first_batch.wait(60)
+    ids_b, emb_b = encode_corpus(b, S.adi(), work, shard_size=S.SHARD, show_progress=False)
+    job_a.join(60)
+    assert a.calls == 6 and b.calls == 0  # job B waited for A and read its shards
+    assert "an encoding job is already writing this folder" in capsys.readouterr().out
+    np.testing.assert_array_equal(emb_b, out_a["r"][1])
+    np.testing.assert_allclose(emb_b, emb, atol=1e-5)
+    assert (work / ".lock").read_text().strip().isdigit()  # the last holder's pid, for the message
+
+
 def test_encode_corpus_other_corpus_in_same_folder_reencodes(tmp_path):
     _, emb, folder = S.adi_encoded()
     work = tmp_path / "enc"

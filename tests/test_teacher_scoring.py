@@ -163,6 +163,33 @@ def test_sigkill_mid_run_then_resume_is_exactly_once(adi, adi_bm25_run, teacher,
     np.testing.assert_allclose(resumed.score.to_numpy(), ref.score.to_numpy(), atol=1e-6)
 
 
+def test_a_second_scoring_job_on_a_busy_folder_is_refused_and_a_killed_holder_frees_it(adi, adi_bm25_run, tmp_path):
+    """Two `rd teacher score` jobs into one folder would race on its manifest: while another
+    process holds the folder's lock the second exits 2 naming the holder's pid and writes
+    nothing; once the holder is SIGKILLed the kernel frees the lock and the job runs."""
+    out = tmp_path / "busy"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom retrieval_distill.utils import folder_lock\n"
+         f"with folder_lock({str(out)!r}, 'a scoring job'):\n    print('held', flush=True)\n    time.sleep(600)"],
+        cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    cmd = [sys.executable, "-m", "retrieval_distill", "teacher", "score", "--teacher", json.dumps(SPEC),
+           "--candidates", str(adi_bm25_run[1]), "--dataset", str(adi.root), "--split", "test",
+           "--output", str(out), "--no-progress"]
+    try:
+        res = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+        assert f"already writing this folder (pid {holder.pid}" in res.stderr and "Traceback" not in res.stderr
+        assert not list(out.glob("part-*.parquet")) and not (out / "manifest.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    res = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(read_scores(out)) == 350
+
+
 def test_score_cli_reports_bad_input_in_one_line(adi, tmp_path):
     """`rd teacher score` on bad input: exit 2 and one `error: file:line: ...` line, not a
     traceback; no score folder is left behind."""

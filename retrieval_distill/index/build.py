@@ -46,7 +46,7 @@ from retrieval_distill.index.manifest import (
     IndexManifest,
     library_versions,
 )
-from retrieval_distill.utils import atomic_path, sha256_file, write_json_atomic
+from retrieval_distill.utils import atomic_path, folder_lock, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from retrieval_distill.index.store import IndexVersion
@@ -225,7 +225,9 @@ def encode_corpus(
     their recorded SHA-256 and skipped; a corrupt or missing shard is re-encoded). A folder
     with a different key (other weights, other corpus, other shard size) has its shards
     deleted and is re-encoded. Every shard is written atomically, so a kill at any moment
-    leaves only whole shards.
+    leaves only whole shards. Two jobs on one folder do not both encode: the second waits on
+    the folder's lock (``.lock``, released when the first ends or is killed), then reuses its
+    shards, or resumes where a killed one stopped.
 
     Raises:
         CorpusError: see :func:`corpus_items`.
@@ -236,78 +238,79 @@ def encode_corpus(
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hashes = doc_hashes(docids, texts)
-    key = _encoding_key(encoder, docids, hashes, shard_size)
-    state_path = out / ENCODING_STATE
-    state: dict = {}
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            state = {}
-    if state.get("key") != key:
-        stale = sorted(p for p in out.iterdir() if SHARD_RE.match(p.name))
-        if stale:
-            tqdm.write(f"encode: {out} holds shards of another encoder/corpus ({len(stale)} files); re-encoding")
-        for p in stale:
-            p.unlink()
-        state = {"key": key, "shards": {}, "complete": False}
-        write_json_atomic(state_path, state)
-    docids_path = out / DOCIDS_FILE
-    if not docids_path.exists() or docids_path.read_text(encoding="utf-8").split("\n")[:-1] != docids:
-        with atomic_path(docids_path) as tmp:
-            tmp.write_text("".join(d + "\n" for d in docids), encoding="utf-8")
-
-    n, dim = len(docids), int(encoder.dim)
-    n_shards = math.ceil(n / shard_size)
-    bounds = [(i * shard_size, min(n, (i + 1) * shard_size)) for i in range(n_shards)]
-    todo = []
-    for i, (s, e) in enumerate(bounds):
-        name = f"emb-{i:05d}.npy"
-        digest = _shard_ok(out / name, e - s, dim, state["shards"].get(name))
-        if digest is None:
-            state["shards"].pop(name, None)
-            todo.append(i)
-        else:
-            state["shards"][name] = {"rows": e - s, "sha256": digest}
-    if todo:
-        state["complete"] = False
-        if getattr(encoder, "dtype", "fp32") == "bf16":
-            # the fp32 check runs here, before any shard is written (Ray actors repeat it on their
-            # own copy); it is kept with the shards. Raises BF16FidelityError.
-            s0, e0 = bounds[todo[0]]
-            check = encoder.speed_check or encoder.check_bf16(texts[s0:e0])
-            state.setdefault("speed_check", check)  # a resumed folder keeps the check of its first shard
-        write_json_atomic(state_path, state)
-        if backend == "ray":
-            from retrieval_distill.scale.ray_encode import encode_shards_ray
-
-            for name, rows, digest in encode_shards_ray(encoder, texts, bounds, todo, out):
-                state["shards"][name] = {"rows": rows, "sha256": digest}
-        elif backend == "local":
-            bar = tqdm(total=n, initial=n - sum(bounds[i][1] - bounds[i][0] for i in todo), desc="encode",
-                       unit="doc", disable=not show_progress)
-            old_progress = getattr(encoder, "show_progress", None)
-            if old_progress is not None:
-                encoder.show_progress = False  # one bar for the whole corpus, not one per shard
+    with folder_lock(out, "an encoding job", wait=True, on_wait=tqdm.write):  # the second job then reuses the shards
+        hashes = doc_hashes(docids, texts)
+        key = _encoding_key(encoder, docids, hashes, shard_size)
+        state_path = out / ENCODING_STATE
+        state: dict = {}
+        if state_path.exists():
             try:
-                for i in todo:
-                    s, e = bounds[i]
-                    name, rows, digest = write_shard(out, i, encoder.encode_documents(texts[s:e]))
+                state = json.loads(state_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                state = {}
+        if state.get("key") != key:
+            stale = sorted(p for p in out.iterdir() if SHARD_RE.match(p.name))
+            if stale:
+                tqdm.write(f"encode: {out} holds shards of another encoder/corpus ({len(stale)} files); re-encoding")
+            for p in stale:
+                p.unlink()
+            state = {"key": key, "shards": {}, "complete": False}
+            write_json_atomic(state_path, state)
+        docids_path = out / DOCIDS_FILE
+        if not docids_path.exists() or docids_path.read_text(encoding="utf-8").split("\n")[:-1] != docids:
+            with atomic_path(docids_path) as tmp:
+                tmp.write_text("".join(d + "\n" for d in docids), encoding="utf-8")
+
+        n, dim = len(docids), int(encoder.dim)
+        n_shards = math.ceil(n / shard_size)
+        bounds = [(i * shard_size, min(n, (i + 1) * shard_size)) for i in range(n_shards)]
+        todo = []
+        for i, (s, e) in enumerate(bounds):
+            name = f"emb-{i:05d}.npy"
+            digest = _shard_ok(out / name, e - s, dim, state["shards"].get(name))
+            if digest is None:
+                state["shards"].pop(name, None)
+                todo.append(i)
+            else:
+                state["shards"][name] = {"rows": e - s, "sha256": digest}
+        if todo:
+            state["complete"] = False
+            if getattr(encoder, "dtype", "fp32") == "bf16":
+                # the fp32 check runs here, before any shard is written (Ray actors repeat it on their
+                # own copy); it is kept with the shards. Raises BF16FidelityError.
+                s0, e0 = bounds[todo[0]]
+                check = encoder.speed_check or encoder.check_bf16(texts[s0:e0])
+                state.setdefault("speed_check", check)  # a resumed folder keeps the check of its first shard
+            write_json_atomic(state_path, state)
+            if backend == "ray":
+                from retrieval_distill.scale.ray_encode import encode_shards_ray
+
+                for name, rows, digest in encode_shards_ray(encoder, texts, bounds, todo, out):
                     state["shards"][name] = {"rows": rows, "sha256": digest}
-                    write_json_atomic(state_path, state)
-                    bar.update(rows)
-            finally:
+            elif backend == "local":
+                bar = tqdm(total=n, initial=n - sum(bounds[i][1] - bounds[i][0] for i in todo), desc="encode",
+                           unit="doc", disable=not show_progress)
+                old_progress = getattr(encoder, "show_progress", None)
                 if old_progress is not None:
-                    encoder.show_progress = old_progress
-                bar.close()
-        else:
-            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-    if not state.get("complete"):
-        state["complete"] = True
-        write_json_atomic(state_path, state)
-    emb = np.concatenate([np.load(out / f"emb-{i:05d}.npy", allow_pickle=False) for i in range(n_shards)])
-    return docids, np.ascontiguousarray(emb, dtype=np.float32)
+                    encoder.show_progress = False  # one bar for the whole corpus, not one per shard
+                try:
+                    for i in todo:
+                        s, e = bounds[i]
+                        name, rows, digest = write_shard(out, i, encoder.encode_documents(texts[s:e]))
+                        state["shards"][name] = {"rows": rows, "sha256": digest}
+                        write_json_atomic(state_path, state)
+                        bar.update(rows)
+                finally:
+                    if old_progress is not None:
+                        encoder.show_progress = old_progress
+                    bar.close()
+            else:
+                raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        if not state.get("complete"):
+            state["complete"] = True
+            write_json_atomic(state_path, state)
+        emb = np.concatenate([np.load(out / f"emb-{i:05d}.npy", allow_pickle=False) for i in range(n_shards)])
+        return docids, np.ascontiguousarray(emb, dtype=np.float32)
 
 
 def load_encoding(

@@ -16,7 +16,6 @@ a ``.tmp-<pid>`` folder, which :meth:`IndexStore.cleanup` removes once that proc
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from retrieval_distill.index.manifest import (
     IndexFormatError,
     IndexManifest,
 )
-from retrieval_distill.utils import write_text_atomic
+from retrieval_distill.utils import folder_lock, write_text_atomic
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -321,21 +320,14 @@ class IndexStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """An exclusive lock on the store (``ROOT/.lock``, flock) for the length of a rebuild.
+        """An exclusive lock on the store (``ROOT/.lock``, flock, :func:`~retrieval_distill.utils.folder_lock`)
+        for the length of a rebuild.
 
         Raises:
-            BlockingIOError: another rebuild holds it.
+            BlockingIOError: another rebuild holds it (:class:`~retrieval_distill.utils.FolderBusyError`).
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "w")
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BlockingIOError(f"{self.root / '.lock'}: another rebuild of this index is running") from None
+        with folder_lock(self.root, "another rebuild of this index"):
             yield
-        finally:
-            fh.close()
 
 
 def open_version(path: str | os.PathLike) -> IndexVersion:

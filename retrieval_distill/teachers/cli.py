@@ -49,8 +49,11 @@ def _errors():
     from retrieval_distill.teachers.scoring import IncompleteScores, ScoreFileMismatch
 
     # ValueError covers DataFormatError, RunFormatError and pydantic's ValidationError;
-    # FileNotFoundError covers ModelNotFoundError
-    return (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, ScoreFileMismatch, IncompleteScores)
+    # FileNotFoundError covers ModelNotFoundError; FolderBusyError: another job writes the folder
+    from retrieval_distill.utils import FolderBusyError
+
+    return (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, ScoreFileMismatch, IncompleteScores,
+            FolderBusyError)
 
 
 def _fail(e: Exception):

@@ -49,7 +49,7 @@ import numpy as np
 
 from retrieval_distill.data.formats import DataFormatError, iter_columns, iter_lines, iter_trec_run
 from retrieval_distill.teachers.base import Teacher, TeacherSpec, build_teacher, score_pairs
-from retrieval_distill.utils import atomic_path, fingerprint_files, sha256_file, write_json_atomic
+from retrieval_distill.utils import atomic_path, fingerprint_files, folder_lock, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -554,6 +554,8 @@ def score_candidates(
     Raises:
         DataFormatError: unknown qid or docid in the candidates (``file:line``).
         ScoreFileMismatch: ``out_dir`` holds scores of another request.
+        FolderBusyError: another scoring job is writing ``out_dir`` (a lock on
+            ``out_dir/.lock``, released when that job ends or is killed).
         RuntimeError: the teacher returned wrong-sized or non-finite scores.
     """
     from tqdm.auto import tqdm
@@ -596,122 +598,123 @@ def score_candidates(
         "queries_per_shard": queries_per_shard,
         "n_shards": len(shards),
     }
-    manifest = load_manifest(out)
-    keys = ("format_version", "teacher_fingerprint", "candidates_fingerprint", "texts_fingerprint", "queries_per_shard")
-    if manifest is not None:
-        diff = [k for k in keys if manifest.get(k) != request[k]]
-        if diff:
-            if not overwrite:
-                raise ScoreFileMismatch(
-                    f"{out}: holds scores for another request ({', '.join(f'{k}: {manifest.get(k)} != {request[k]}' for k in diff)}); "
-                    "use another output folder or overwrite=True (--overwrite)"
-                )
-            log.warning("%s: overwriting scores of another request (%s)", out, ", ".join(diff))
-            _clear(out)
-            manifest = None
-    out.mkdir(parents=True, exist_ok=True)
-    for stray in out.glob(".part-*.tmp"):
-        log.info("%s: removing stray temporary file of a killed run", stray)
-        stray.unlink(missing_ok=True)
+    with folder_lock(out, "a scoring job"):  # two jobs on one folder would race on its manifest and temporary files
+        manifest = load_manifest(out)
+        keys = ("format_version", "teacher_fingerprint", "candidates_fingerprint", "texts_fingerprint", "queries_per_shard")
+        if manifest is not None:
+            diff = [k for k in keys if manifest.get(k) != request[k]]
+            if diff:
+                if not overwrite:
+                    raise ScoreFileMismatch(
+                        f"{out}: holds scores for another request ({', '.join(f'{k}: {manifest.get(k)} != {request[k]}' for k in diff)}); "
+                        "use another output folder or overwrite=True (--overwrite)"
+                    )
+                log.warning("%s: overwriting scores of another request (%s)", out, ", ".join(diff))
+                _clear(out)
+                manifest = None
+        out.mkdir(parents=True, exist_ok=True)
+        for stray in out.glob(".part-*.tmp"):
+            log.info("%s: removing stray temporary file of a killed run", stray)
+            stray.unlink(missing_ok=True)
 
-    long_n, long_ex = _count_long_queries(teacher, dict.fromkeys(q for s in shards for q in s.queries))
-    empty = [(s.qids[i], s.docids[i]) for s in shards for i, p in enumerate(s.passages) if not p.strip()]
-    if long_n:
-        log.warning("%d queries are longer than max_length=%s tokens and are truncated (e.g. %r)", long_n, request["max_length"], long_ex[0][:80])
-    if empty:
-        log.warning("%d candidate pairs have an empty passage text; they are scored as given (e.g. %s)", len(empty), empty[:3])
-    manifest = manifest or {}
-    completed: dict[str, dict] = dict(manifest.get("completed_shards", {}))
-    redone = int(manifest.get("counts", {}).get("redone_shards", 0))
-    manifest = {
-        **request,
-        "completed_shards": completed,
-        "complete": False,
-        "counts": {
-            "pairs": sum(len(s) for s in shards),
-            "queries": len(cands.pairs),
-            "duplicate_candidate_lines": cands.duplicates,
-            "empty_passages": len(empty),
-            "empty_passage_examples": [list(p) for p in empty[:10]],
-            "queries_over_max_length": long_n,
-            "redone_shards": redone,
-        },
-    }
+        long_n, long_ex = _count_long_queries(teacher, dict.fromkeys(q for s in shards for q in s.queries))
+        empty = [(s.qids[i], s.docids[i]) for s in shards for i, p in enumerate(s.passages) if not p.strip()]
+        if long_n:
+            log.warning("%d queries are longer than max_length=%s tokens and are truncated (e.g. %r)", long_n, request["max_length"], long_ex[0][:80])
+        if empty:
+            log.warning("%d candidate pairs have an empty passage text; they are scored as given (e.g. %s)", len(empty), empty[:3])
+        manifest = manifest or {}
+        completed: dict[str, dict] = dict(manifest.get("completed_shards", {}))
+        redone = int(manifest.get("counts", {}).get("redone_shards", 0))
+        manifest = {
+            **request,
+            "completed_shards": completed,
+            "complete": False,
+            "counts": {
+                "pairs": sum(len(s) for s in shards),
+                "queries": len(cands.pairs),
+                "duplicate_candidate_lines": cands.duplicates,
+                "empty_passages": len(empty),
+                "empty_passage_examples": [list(p) for p in empty[:10]],
+                "queries_over_max_length": long_n,
+                "redone_shards": redone,
+            },
+        }
 
-    # which shards are done?
-    todo: list[Shard] = []
-    for s in shards:
-        path = out / s.name
-        rec = completed.get(s.name)
-        if rec is not None and path.exists() and sha256_file(path) == rec["sha256"]:
-            continue
-        if path.exists():
-            why = _check_shard_file(path, s) if rec is None else "SHA-256 differs from the manifest"
-            if why is None:  # written just before a kill hit the manifest update
-                completed[s.name] = {"rows": len(s), "sha256": sha256_file(path)}
-                log.info("%s: adopting a complete shard not yet in the manifest", path)
+        # which shards are done?
+        todo: list[Shard] = []
+        for s in shards:
+            path = out / s.name
+            rec = completed.get(s.name)
+            if rec is not None and path.exists() and sha256_file(path) == rec["sha256"]:
                 continue
-            log.warning("%s: corrupt or partial shard (%s): deleting and redoing it", path, why)
-            path.unlink()
-            manifest["counts"]["redone_shards"] += 1
-        elif rec is not None:
-            log.warning("%s: listed as completed but missing: redoing it", path)
-            manifest["counts"]["redone_shards"] += 1
-        completed.pop(s.name, None)
-        todo.append(s)
-    if max_shards is not None:
-        todo = todo[:max_shards]
-    write_json_atomic(out / MANIFEST, manifest)
-
-    t_all = time.perf_counter()
-    chunks: list[tuple[str, list[str]]] = []
-    if todo and callable(getattr(teacher, "check_speed", None)):  # a speed option fails before the long pass
-        teacher.check_speed(list(todo[0].queries), list(todo[0].passages))
-    if todo and has_document_state(teacher):
-        need = sorted({d for s in shards for d in s.docids})
-        chunks = prepare_document_state(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
-    elif todo and backend == "local" and getattr(teacher, "members", None):
-        need = sorted({d for s in shards for d in s.docids})
-        prepare_member_states(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
-
-    done_pairs = sum(len(s) for s in shards if s.name in completed)
-    bar = tqdm(total=manifest["counts"]["pairs"], initial=done_pairs, unit="pair", desc=f"score {name}", disable=not progress, smoothing=0.05)
-    t0 = time.perf_counter()
-    new_pairs = 0
-
-    def record(s: Shard, sha: str) -> None:
-        nonlocal new_pairs
-        completed[s.name] = {"rows": len(s), "sha256": sha}
+            if path.exists():
+                why = _check_shard_file(path, s) if rec is None else "SHA-256 differs from the manifest"
+                if why is None:  # written just before a kill hit the manifest update
+                    completed[s.name] = {"rows": len(s), "sha256": sha256_file(path)}
+                    log.info("%s: adopting a complete shard not yet in the manifest", path)
+                    continue
+                log.warning("%s: corrupt or partial shard (%s): deleting and redoing it", path, why)
+                path.unlink()
+                manifest["counts"]["redone_shards"] += 1
+            elif rec is not None:
+                log.warning("%s: listed as completed but missing: redoing it", path)
+                manifest["counts"]["redone_shards"] += 1
+            completed.pop(s.name, None)
+            todo.append(s)
+        if max_shards is not None:
+            todo = todo[:max_shards]
         write_json_atomic(out / MANIFEST, manifest)
-        new_pairs += len(s)
-        bar.update(len(s))
 
-    if backend == "local":
-        for s in todo:
-            sha = write_shard(score_shard(teacher, s, name), out / s.name)
-            record(s, sha)
-    elif backend == "ray":
-        from retrieval_distill.scale.ray_score import score_shards_ray
+        t_all = time.perf_counter()
+        chunks: list[tuple[str, list[str]]] = []
+        if todo and callable(getattr(teacher, "check_speed", None)):  # a speed option fails before the long pass
+            teacher.check_speed(list(todo[0].queries), list(todo[0].passages))
+        if todo and has_document_state(teacher):
+            need = sorted({d for s in shards for d in s.docids})
+            chunks = prepare_document_state(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
+        elif todo and backend == "local" and getattr(teacher, "members", None):
+            need = sorted({d for s in shards for d in s.docids})
+            prepare_member_states(teacher, need, get_text, out / DOCSTATE, chunk=doc_chunk, progress=progress)
 
-        by_index = {s.index: s for s in todo}
-        for idx, sha in score_shards_ray(spec, todo, name, out, doc_chunks=chunks):
-            record(by_index[idx], sha)
-    else:
-        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    manifest["complete"] = len(completed) == len(shards)
-    total = time.perf_counter() - t_all
-    manifest["last_run"] = {
-        "backend": backend, "new_pairs": new_pairs, "seconds": round(elapsed, 3), "seconds_with_document_pass": round(total, 3),
-        "pairs_per_s": round(new_pairs / elapsed, 2) if elapsed > 0 and new_pairs else None,
-        "pairs_per_s_with_document_pass": round(new_pairs / total, 2) if total > 0 and new_pairs else None,
-    }  # fmt: skip
-    manifest["completed_shards"] = dict(sorted(completed.items()))
-    if getattr(teacher, "speed_check", None):
-        manifest["speed_check"] = teacher.speed_check
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
+        done_pairs = sum(len(s) for s in shards if s.name in completed)
+        bar = tqdm(total=manifest["counts"]["pairs"], initial=done_pairs, unit="pair", desc=f"score {name}", disable=not progress, smoothing=0.05)
+        t0 = time.perf_counter()
+        new_pairs = 0
+
+        def record(s: Shard, sha: str) -> None:
+            nonlocal new_pairs
+            completed[s.name] = {"rows": len(s), "sha256": sha}
+            write_json_atomic(out / MANIFEST, manifest)
+            new_pairs += len(s)
+            bar.update(len(s))
+
+        if backend == "local":
+            for s in todo:
+                sha = write_shard(score_shard(teacher, s, name), out / s.name)
+                record(s, sha)
+        elif backend == "ray":
+            from retrieval_distill.scale.ray_score import score_shards_ray
+
+            by_index = {s.index: s for s in todo}
+            for idx, sha in score_shards_ray(spec, todo, name, out, doc_chunks=chunks):
+                record(by_index[idx], sha)
+        else:
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        manifest["complete"] = len(completed) == len(shards)
+        total = time.perf_counter() - t_all
+        manifest["last_run"] = {
+            "backend": backend, "new_pairs": new_pairs, "seconds": round(elapsed, 3), "seconds_with_document_pass": round(total, 3),
+            "pairs_per_s": round(new_pairs / elapsed, 2) if elapsed > 0 and new_pairs else None,
+            "pairs_per_s_with_document_pass": round(new_pairs / total, 2) if total > 0 and new_pairs else None,
+        }  # fmt: skip
+        manifest["completed_shards"] = dict(sorted(completed.items()))
+        if getattr(teacher, "speed_check", None):
+            manifest["speed_check"] = teacher.speed_check
+        write_json_atomic(out / MANIFEST, manifest)
+        return manifest
 
 
 def _pairs_fp(c: Candidates) -> str:
