@@ -8,6 +8,7 @@ killed job leaves at most a stray ``*.tmp`` behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -83,11 +84,22 @@ def folder_lock(folder: str | os.PathLike, what: str, *, wait: bool = False,
     Raises:
         FolderBusyError: the lock is held by another process and ``wait`` is False (the
             message names the folder and the holder's pid).
+
+    A folder where the lock file cannot be made (read-only: permission denied, read-only file
+    system) is not locked: nothing can write there, and reading a finished folder must work.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
-    fh = open(path, "a+")
+    try:
+        fh = open(path, "a+")
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # a read-only folder (a shared, finished encoding cache): no job can write it, so
+        # there is nothing to guard; a reader goes on, a writer fails on its first write
+        yield path
+        return
     try:
         told = False
         while True:

@@ -99,6 +99,35 @@ def test_two_jobs_on_one_encoding_folder_encode_once(tmp_path, capsys):
     assert (work / ".lock").read_text().strip().isdigit()  # the last holder's pid, for the message
 
 
+def test_finished_encoding_in_a_read_only_folder_is_read_without_a_lock(tmp_path, monkeypatch):
+    """A finished encoding folder on read-only storage (a shared cache) is reused although its
+    lock file cannot be made (the tests may run as root, where chmod does not refuse: the
+    refusal is simulated at the lock file)."""
+    import errno
+
+    import retrieval_distill.utils as U
+
+    docids, emb, folder = S.adi_encoded()
+    work = tmp_path / "ro"
+    shutil.copytree(folder, work)
+    (work / ".lock").unlink(missing_ok=True)
+    real_open = open
+
+    def read_only_open(path, *a, **k):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(U, "open", read_only_open, raising=False)
+    enc = CountingEncoder(S.encoder())
+    ids, out = encode_corpus(enc, S.adi(), work, shard_size=S.SHARD, show_progress=False)
+    assert enc.calls == 0 and ids == docids and not (work / ".lock").exists()
+    np.testing.assert_array_equal(out, emb)
+    monkeypatch.setattr(U, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")), raising=False)
+    with pytest.raises(OSError, match="I/O error"):  # any other failure is not swallowed
+        encode_corpus(enc, S.adi(), work, shard_size=S.SHARD, show_progress=False)
+
+
 def test_encode_corpus_other_corpus_in_same_folder_reencodes(tmp_path):
     _, emb, folder = S.adi_encoded()
     work = tmp_path / "enc"
