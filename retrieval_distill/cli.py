@@ -71,7 +71,8 @@ def pipeline_cmd(
 
     try:
         pipe.run(until=until, preflight=False)
-    except (ValueError, FileNotFoundError, DataFormatError) as e:  # bad data met inside a stage: one line
+    except (ValueError, FileNotFoundError, PermissionError, BlockingIOError, DataFormatError) as e:
+        # bad data met inside a stage, or another pipeline writing the same work folder: one line
         typer.echo(f"error: {config}: stage {pipe.current_stage}: {e} (finished stages are kept; fix and rerun)", err=True)
         raise typer.Exit(1) from None
 

@@ -84,20 +84,22 @@ def folder_lock(folder: str | os.PathLike, what: str, *, wait: bool = False,
     Raises:
         FolderBusyError: the lock is held by another process and ``wait`` is False (the
             message names the folder and the holder's pid).
+        ValueError: ``.lock`` is a directory or a symbolic link (never followed), or cannot be
+            opened at all.
 
-    A folder where the lock file cannot be made (read-only: permission denied, read-only file
-    system) is not locked: nothing can write there, and reading a finished folder must work.
+    A lock file this process may not write (another user made it in a shared folder) is
+    locked through a read-only descriptor. A folder where none exists and none can be made
+    (read-only storage) is not locked: nothing can write there, and reading a finished folder
+    must work.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
-    try:
-        fh = open(path, "a+")
-    except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        # a read-only folder (a shared, finished encoding cache): no job can write it, so
-        # there is nothing to guard; a reader goes on, a writer fails on its first write
+    fh = _open_lock_file(path)
+    if fh is None:
+        # a folder this process cannot write, where no job ever locked (a shared, finished,
+        # read-only encoding cache): nothing to guard; a reader goes on, a writer fails on
+        # its first write
         yield path
         return
     try:
@@ -116,13 +118,42 @@ def folder_lock(folder: str | os.PathLike, what: str, *, wait: bool = False,
                     on_wait(msg + "; waiting for it, then reusing what it wrote")
                 told = True
                 time.sleep(poll_seconds)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        if fh.writable():  # another user's lock file is locked through a read-only descriptor
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
         yield path
     finally:
         fh.close()  # closing the descriptor releases the flock
+
+
+def _open_lock_file(path: Path):
+    """Open ``path`` for :func:`folder_lock`: read-write (created), or read-only where this
+    process may not write it (a lock file another user created in a shared folder; flock works
+    on a read-only descriptor), or ``None`` where there is none and none can be made (read-only
+    storage). Never follows a symbolic link.
+
+    Raises:
+        ValueError: ``path`` is a directory or a symbolic link, or an existing lock file this
+            process cannot open at all (message names it).
+    """
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o666), "r+")
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a directory, not a lock file (remove it)") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{path}: a symbolic link, not a lock file (remove it)") from None
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+    try:
+        return os.fdopen(os.open(path, os.O_RDONLY | nofollow), "r")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"{path}: the folder's lock file cannot be opened ({e.strerror})") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -1,8 +1,8 @@
 """Shared, once-per-session set-up for tests/test_index_*.py (kept out of conftest.py).
 
 ADI (82 docs) is encoded once with all-MiniLM-L6-v2 into a session folder laid out as a
-rebuild job's encoding cache (``<encodings>/<encoder fp[:8]>-<corpus fp>``, 16 docs per
-shard), so specs that point ``encodings`` here never re-encode the unchanged corpus.
+rebuild job's encoding cache (``<encodings>/<encoder fp[:8]>-<corpus fp>-shard16``, 16 docs
+per shard), so specs that point ``encodings`` here never re-encode the unchanged corpus.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def adi_encoded() -> tuple[list[str], np.ndarray, Path]:
 
     docids, texts, _ = corpus_items(adi())
     fp = encoder_refs(encoder())[0].fingerprint
-    out = encodings_root() / f"{fp[:8]}-{corpus_fingerprint(docids, doc_hashes(docids, texts))}"
+    from retrieval_distill.index.rebuild import _cache_suffix
+
+    out = encodings_root() / f"{fp[:8]}-{corpus_fingerprint(docids, doc_hashes(docids, texts))}{_cache_suffix(encoder(), SHARD)}"
     ids, emb = encode_corpus(encoder(), adi(), out, shard_size=SHARD, show_progress=False)
     return ids, emb, out
 

@@ -104,6 +104,7 @@ def test_finished_encoding_in_a_read_only_folder_is_read_without_a_lock(tmp_path
     lock file cannot be made (the tests may run as root, where chmod does not refuse: the
     refusal is simulated at the lock file)."""
     import errno
+    import os
 
     import retrieval_distill.utils as U
 
@@ -111,21 +112,54 @@ def test_finished_encoding_in_a_read_only_folder_is_read_without_a_lock(tmp_path
     work = tmp_path / "ro"
     shutil.copytree(folder, work)
     (work / ".lock").unlink(missing_ok=True)
-    real_open = open
+    real_open = os.open
 
-    def read_only_open(path, *a, **k):
-        if str(path).endswith(".lock"):
+    def read_only_fs(path, flags, *a):  # creating the lock file fails as on a read-only file system
+        if str(path).endswith(".lock") and flags & os.O_CREAT:
             raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_open(path, *a, **k)
+        return real_open(path, flags, *a)
 
-    monkeypatch.setattr(U, "open", read_only_open, raising=False)
+    monkeypatch.setattr(U.os, "open", read_only_fs)
     enc = CountingEncoder(S.encoder())
     ids, out = encode_corpus(enc, S.adi(), work, shard_size=S.SHARD, show_progress=False)
     assert enc.calls == 0 and ids == docids and not (work / ".lock").exists()
     np.testing.assert_array_equal(out, emb)
-    monkeypatch.setattr(U, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")), raising=False)
+
+    def io_error(path, flags, *a):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EIO, "I/O error", str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(U.os, "open", io_error)
     with pytest.raises(OSError, match="I/O error"):  # any other failure is not swallowed
         encode_corpus(enc, S.adi(), work, shard_size=S.SHARD, show_progress=False)
+
+
+def test_lock_file_of_another_user_still_locks(tmp_path, monkeypatch):
+    """A `.lock` this process may not write (another user made it in a shared folder) is
+    locked through a read-only descriptor: a second job is still refused, never let through.
+    Simulated at os.open: the tests may run as root, where file modes do not refuse."""
+    import errno
+    import os
+
+    import retrieval_distill.utils as U
+
+    folder = tmp_path / "shared-out"
+    with U.folder_lock(folder, "a scoring job"):  # the other user's job holds the lock
+        real_open = os.open
+
+        def no_write(path, flags, *a):
+            if str(path).endswith(".lock") and flags & (os.O_RDWR | os.O_WRONLY):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(U.os, "open", no_write)
+        with pytest.raises(U.FolderBusyError, match=f"already writing this folder \\(pid {os.getpid()}"):
+            with U.folder_lock(folder, "a scoring job"):
+                pass
+    with U.folder_lock(folder, "a scoring job") as lock:  # free again: taken read-only, pid left as it was
+        assert lock.read_text() == str(os.getpid())
+    monkeypatch.undo()
 
 
 def test_encode_corpus_other_corpus_in_same_folder_reencodes(tmp_path):

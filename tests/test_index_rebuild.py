@@ -156,6 +156,22 @@ def test_cli_build_info_verify_search(tmp_path):
     assert r.exit_code == 2 and "no index version folder" in r.output
 
 
+def test_builds_of_other_shard_sizes_do_not_share_an_encoding_cache(tmp_path):
+    """Two `rd index build` with one `--encodings` folder and different `--shard-size` encode
+    into two cache folders: neither wipes the other's shards."""
+    runner = CliRunner()
+    enc = tmp_path / "enc"
+    base = ["build", "--model", "all-MiniLM-L6-v2", "--dataset", str(S.ADI), "--encodings", str(enc)]
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "a"), "--shard-size", "32"])
+    assert r.exit_code == 0, r.output
+    first = {p: p.stat().st_mtime_ns for p in enc.rglob("emb-*.npy")}
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "b"), "--shard-size", "64"])
+    assert r.exit_code == 0 and "re-encoding" not in r.output, r.output
+    caches = sorted(p.name.rsplit("-", 1)[-1] for p in enc.iterdir())
+    assert caches == ["shard32", "shard64"] and len(first) == 3
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+
+
 def test_verify_catches_wrong_vectors(tmp_path):
     docids, emb, _ = S.adi_encoded()
     texts = S.adi().doc_texts()
@@ -193,7 +209,7 @@ def test_bf16_index_manifest_verify_and_dtype_change(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     m = IndexStore(root).current().load().manifest
     assert m.extra["dtype"] == "bf16" and m.extra["speed_check"]["ok"] and m.extra["speed_check"]["min_cosine"] >= 0.99
-    assert m.extra["encoding_cache"].endswith("-bf16")  # never the folder an fp32 build of this corpus uses
+    assert m.extra["encoding_cache"].endswith("-bf16-shard16")  # never the folder an fp32 build of this corpus uses
     assert m.extra["max_length"] is None  # the spec's token limit (the model's own), for rebuild decisions
     rep = verify_version(IndexStore(root).current(), sample=8)
     assert rep.ok, str(rep)

@@ -209,3 +209,12 @@ def test_score_cli_reports_bad_input_in_one_line(adi, tmp_path):
     r = CliRunner().invoke(app, base[:3] + ["bi_encoder:" + str(tmp_path / "no-model")] + base[4:])
     assert r.exit_code == 2 and "error: model" in r.output and "not found" in r.output, r.output
     assert not (tmp_path / "o").exists()
+    # an output folder whose `.lock` is a directory, or a symbolic link (never followed): one line
+    (tmp_path / "o" / ".lock").mkdir(parents=True)
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 2 and ".lock: a directory, not a lock file" in r.output and "Traceback" not in r.output, r.output
+    (tmp_path / "o" / ".lock").rmdir()
+    (tmp_path / "o" / ".lock").symlink_to(tmp_path / "elsewhere")
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 2 and ".lock: a symbolic link, not a lock file" in r.output, r.output
+    assert not (tmp_path / "elsewhere").exists() and not list((tmp_path / "o").glob("part-*"))

@@ -251,7 +251,10 @@ def encode_corpus(
         if state.get("key") != key:
             stale = sorted(p for p in out.iterdir() if SHARD_RE.match(p.name))
             if stale:
-                tqdm.write(f"encode: {out} holds shards of another encoder/corpus ({len(stale)} files); re-encoding")
+                old_key = state.get("key") or {}
+                diff = ", ".join(f"{k}: {old_key.get(k)} != {key.get(k)}" for k in sorted(set(old_key) | set(key))
+                                 if old_key.get(k) != key.get(k)) or "no readable key"
+                tqdm.write(f"encode: {out} holds {len(stale)} shards of another request ({diff}); re-encoding")
             for p in stale:
                 p.unlink()
             state = {"key": key, "shards": {}, "complete": False}

@@ -49,11 +49,12 @@ def _errors():
     from retrieval_distill.teachers.scoring import IncompleteScores, ScoreFileMismatch
 
     # ValueError covers DataFormatError, RunFormatError and pydantic's ValidationError;
-    # FileNotFoundError covers ModelNotFoundError; FolderBusyError: another job writes the folder
+    # FileNotFoundError covers ModelNotFoundError; FolderBusyError: another job writes the folder;
+    # PermissionError: an output folder this user may not write
     from retrieval_distill.utils import FolderBusyError
 
-    return (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, ScoreFileMismatch, IncompleteScores,
-            FolderBusyError)
+    return (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError, ScoreFileMismatch,
+            IncompleteScores, FolderBusyError)
 
 
 def _fail(e: Exception):
