@@ -86,6 +86,7 @@ def folder_lock(folder: str | os.PathLike, what: str, *, wait: bool = False,
             message names the folder and the holder's pid).
         ValueError: ``.lock`` is a directory or a symbolic link (never followed), or cannot be
             opened at all.
+        NotADirectoryError: ``folder`` is a file.
 
     A lock file this process may not write (another user made it in a shared folder) is
     locked through a read-only descriptor. A folder where none exists and none can be made
@@ -93,6 +94,8 @@ def folder_lock(folder: str | os.PathLike, what: str, *, wait: bool = False,
     must work.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: a file, not a folder (give an output folder)")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
     fh = _open_lock_file(path)

@@ -218,3 +218,6 @@ def test_score_cli_reports_bad_input_in_one_line(adi, tmp_path):
     r = CliRunner().invoke(app, base)
     assert r.exit_code == 2 and ".lock: a symbolic link, not a lock file" in r.output, r.output
     assert not (tmp_path / "elsewhere").exists() and not list((tmp_path / "o").glob("part-*"))
+    (tmp_path / "a-file").write_text("x")
+    r = CliRunner().invoke(app, base[:-3] + ["-o", str(tmp_path / "a-file"), "--no-progress"])
+    assert r.exit_code == 2 and "a-file: a file, not a folder" in r.output and "Traceback" not in r.output, r.output

@@ -73,7 +73,7 @@ def build(
             encodings=str(encodings) if encodings else None,
         )
         res = rebuild(spec, force_full=True)
-    except (FileNotFoundError, PermissionError, ValueError, BlockingIOError, BF16FidelityError) as e:
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, BlockingIOError, BF16FidelityError) as e:
         _fail(str(e))
     typer.echo(f"{res.version.path} ({res.seconds:.1f} s)")
 
@@ -89,7 +89,7 @@ def rebuild(
 
     try:
         res = run(spec, dry_run=dry_run, force_full=full)
-    except (FileNotFoundError, PermissionError, ValueError, BlockingIOError, BF16FidelityError) as e:
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, BlockingIOError, BF16FidelityError) as e:
         _fail(str(e))
     typer.echo(f"current: {res.version.version_id if res.version else None} ({res.seconds:.1f} s)")
 
