@@ -37,6 +37,11 @@ def _parse_params(items: list[str] | None) -> dict:
     return out
 
 
+# what `rd index build` / `rebuild` report as one `error:` line (exit 2): bad input, a folder
+# another rebuild holds (BlockingIOError), or one that is not writable or not a folder
+_BAD_INPUT = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, BlockingIOError, BF16FidelityError)
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -73,7 +78,7 @@ def build(
             encodings=str(encodings) if encodings else None,
         )
         res = rebuild(spec, force_full=True)
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, BlockingIOError, BF16FidelityError) as e:
+    except _BAD_INPUT as e:
         _fail(str(e))
     typer.echo(f"{res.version.path} ({res.seconds:.1f} s)")
 
@@ -89,7 +94,7 @@ def rebuild(
 
     try:
         res = run(spec, dry_run=dry_run, force_full=full)
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, BlockingIOError, BF16FidelityError) as e:
+    except _BAD_INPUT as e:
         _fail(str(e))
     typer.echo(f"current: {res.version.version_id if res.version else None} ({res.seconds:.1f} s)")
 

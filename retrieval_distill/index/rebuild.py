@@ -56,6 +56,9 @@ from retrieval_distill.index.store import IndexStore, IndexVersion
 from retrieval_distill.models.encoder import resolve_dtype
 
 
+DEFAULT_SHARD_SIZE = 1024  # documents per encoding shard; a cache folder of another size is named -shardN
+
+
 class IndexSpec(BaseModel):
     """What an index should be (a YAML file under ``indexes/``).
 
@@ -95,7 +98,7 @@ class IndexSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     root: str
     keep: int = Field(3, ge=1)
-    shard_size: int = Field(1024, gt=0)
+    shard_size: int = Field(DEFAULT_SHARD_SIZE, gt=0)
     batch_size: int = Field(32, gt=0)
     max_length: int | None = None
     dtype: Literal["fp32", "bf16"] = "fp32"
@@ -282,13 +285,13 @@ def _load_corpus(spec: IndexSpec) -> tuple[list[str], list[str], str]:
     return corpus_items(coll)
 
 
-def _cache_suffix(encoder, shard_size: int = 1024) -> str:
+def _cache_suffix(encoder, shard_size: int = DEFAULT_SHARD_SIZE) -> str:
     """``-bf16`` for a bf16 encoder and ``-shardN`` for a shard size other than the default
     1024: encodings of another dtype or shard size live in their own folder, so two builds of
     one corpus never share (or wipe each other's) shards; ``""`` for fp32 and 1024 (the folder
     names written before either existed)."""
     dtype = getattr(encoder, "dtype", "fp32")
-    return ("" if dtype == "fp32" else f"-{dtype}") + ("" if shard_size == 1024 else f"-shard{shard_size}")
+    return ("" if dtype == "fp32" else f"-{dtype}") + ("" if shard_size == DEFAULT_SHARD_SIZE else f"-shard{shard_size}")
 
 
 def _speed_check(cache: Path) -> dict:

@@ -612,7 +612,6 @@ def score_candidates(
                 log.warning("%s: overwriting scores of another request (%s)", out, ", ".join(diff))
                 _clear(out)
                 manifest = None
-        out.mkdir(parents=True, exist_ok=True)
         for stray in out.glob(".part-*.tmp"):
             log.info("%s: removing stray temporary file of a killed run", stray)
             stray.unlink(missing_ok=True)
