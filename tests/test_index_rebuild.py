@@ -170,6 +170,11 @@ def test_builds_of_other_shard_sizes_do_not_share_an_encoding_cache(tmp_path):
     caches = sorted(p.name.rsplit("-", 1)[-1] for p in enc.iterdir())
     assert caches == ["shard32", "shard64"] and len(first) == 3
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+    # another --max-length: a third folder (the vectors differ), the first two untouched
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "c"), "--shard-size", "32", "--max-length", "16"])
+    assert r.exit_code == 0 and "re-encoding" not in r.output, r.output
+    assert sorted(p.name.split("-", 2)[-1] for p in enc.iterdir()) == ["len16-shard32", "shard32", "shard64"]
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
 
 
 def test_verify_catches_wrong_vectors(tmp_path):

@@ -77,11 +77,34 @@ def test_scores_match_teacher_and_manifest(adi, adi_bm25_run, teacher, tmp_path)
     sub = df[df.qid == q]
     direct = teacher.score([adi.queries[q]] * len(sub), [adi.doc_text(d) for d in sub.docid])
     np.testing.assert_allclose(sub.score.to_numpy(), direct, atol=1e-5)
-    # rerun: nothing to do, same bytes
-    before = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    # rerun: nothing to do, same bytes, the manifest included (a finished folder is not written)
+    before = {p.name: p.read_bytes() for p in [*out.glob("part-*.parquet"), out / "manifest.json"]}
     m2 = score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, corpus_ids=adi.corpus, queries_per_shard=10, progress=False)
-    assert m2["last_run"]["new_pairs"] == 0
-    assert before == {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    assert m2["last_run"]["new_pairs"] == 0 and m2["complete"] and m2["completed_shards"] == m["completed_shards"]
+    assert before == {p.name: p.read_bytes() for p in [*out.glob("part-*.parquet"), out / "manifest.json"]}
+
+
+def test_rerun_into_a_finished_read_only_folder_is_a_no_op(adi, adi_bm25_run, teacher, tmp_path, monkeypatch):
+    """A finished score folder on storage this user cannot write (simulated: the tests run as
+    root, which chmod does not stop) is verified and reused; a damaged one is still redone."""
+    import retrieval_distill.teachers.scoring as scoring
+
+    out = tmp_path / "s"
+    kw = dict(corpus_ids=adi.corpus, queries_per_shard=10, progress=False)
+    score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(out / "manifest.json"))
+
+    monkeypatch.setattr(scoring, "write_json_atomic", refuse)
+    m = score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
+    assert m["complete"] and m["last_run"]["new_pairs"] == 0 and len(read_scores(out)) == 350
+    # a shard whose bytes changed is not trusted: the job goes on to redo it (and here, where
+    # nothing may be written, fails on its first write instead of returning stale scores)
+    p = out / "part-00001.parquet"
+    p.write_bytes(p.read_bytes()[:-1] + b"x")
+    with pytest.raises(PermissionError):
+        score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
 
 
 def test_corrupt_shard_is_redone_and_mismatch_refused(adi, adi_bm25_run, teacher, tmp_path):

@@ -285,13 +285,15 @@ def _load_corpus(spec: IndexSpec) -> tuple[list[str], list[str], str]:
     return corpus_items(coll)
 
 
-def _cache_suffix(encoder, shard_size: int = DEFAULT_SHARD_SIZE) -> str:
-    """``-bf16`` for a bf16 encoder and ``-shardN`` for a shard size other than the default
-    1024: encodings of another dtype or shard size live in their own folder, so two builds of
-    one corpus never share (or wipe each other's) shards; ``""`` for fp32 and 1024 (the folder
-    names written before either existed)."""
+def _cache_suffix(encoder, shard_size: int = DEFAULT_SHARD_SIZE, max_length: int | None = None) -> str:
+    """``-bf16`` for a bf16 encoder, ``-lenN`` for an explicit document ``max_length`` and
+    ``-shardN`` for a shard size other than the default 1024: encodings of another dtype,
+    truncation or shard size live in their own folder, so two builds of one corpus never share
+    (or wipe each other's) shards; ``""`` for fp32, the model's own max length and 1024 (the
+    folder names written before any of these existed)."""
     dtype = getattr(encoder, "dtype", "fp32")
-    return ("" if dtype == "fp32" else f"-{dtype}") + ("" if shard_size == DEFAULT_SHARD_SIZE else f"-shard{shard_size}")
+    return (("" if dtype == "fp32" else f"-{dtype}") + ("" if max_length is None else f"-len{max_length}")
+            + ("" if shard_size == DEFAULT_SHARD_SIZE else f"-shard{shard_size}"))
 
 
 def _speed_check(cache: Path) -> dict:
@@ -309,7 +311,7 @@ def full_build(spec: IndexSpec, store: IndexStore, docids, texts, hashes, encode
     metric, normalized = spec_similarity(spec)
     doc_ref, q_ref = _refs(spec)
     cfp = corpus_fingerprint(docids, hashes)
-    cache = spec.encodings_dir() / f"{doc_ref.fingerprint[:8]}-{cfp}{_cache_suffix(encoder, spec.shard_size)}"
+    cache = spec.encodings_dir() / f"{doc_ref.fingerprint[:8]}-{cfp}{_cache_suffix(encoder, spec.shard_size, spec.max_length)}"
     t0 = time.perf_counter()
     ids, emb = encode_corpus(encoder, (docids, texts), cache, shard_size=spec.shard_size, backend=spec.backend)
     enc_s = time.perf_counter() - t0
@@ -405,7 +407,7 @@ def _incremental(spec, store, current, decision: Decision, docids, texts, hashes
     if to_add:
         encoder = _encoder(spec)
         delta_h = doc_hashes(to_add, [text_of[d] for d in to_add])
-        cache = spec.encodings_dir() / f"delta-{refs[0].fingerprint[:8]}-{corpus_fingerprint(to_add, delta_h)}{_cache_suffix(encoder, spec.shard_size)}"
+        cache = spec.encodings_dir() / f"delta-{refs[0].fingerprint[:8]}-{corpus_fingerprint(to_add, delta_h)}{_cache_suffix(encoder, spec.shard_size, spec.max_length)}"
         t0 = time.perf_counter()
         _, add_emb = encode_corpus(encoder, (to_add, [text_of[d] for d in to_add]), cache, shard_size=spec.shard_size,
                                    backend=spec.backend)

@@ -549,7 +549,9 @@ def score_candidates(
         max_shards: stop after this many new shards (for tests and partial runs).
 
     Returns:
-        the manifest (also written to ``out_dir/manifest.json``).
+        the manifest (also written to ``out_dir/manifest.json``). A folder that is already
+        complete for this request is verified (every shard's SHA-256) and not written at all;
+        its ``last_run`` in the returned dict then reports 0 new pairs.
 
     Raises:
         DataFormatError: unknown qid or docid in the candidates (``file:line``).
@@ -612,6 +614,12 @@ def score_candidates(
                 log.warning("%s: overwriting scores of another request (%s)", out, ", ".join(diff))
                 _clear(out)
                 manifest = None
+        if manifest is not None and manifest.get("complete") and _all_verified(out, manifest, shards):
+            # a finished folder is verified and left untouched (no manifest rewrite), so a
+            # rerun into a finished, read-only score folder is a no-op, not an error
+            log.info("%s: complete (%d shards, SHA-256 verified); nothing to score", out, len(shards))
+            return {**manifest, "last_run": {"backend": backend, "new_pairs": 0, "seconds": 0.0, "seconds_with_document_pass": 0.0,
+                                             "pairs_per_s": None, "pairs_per_s_with_document_pass": None}}  # fmt: skip
         for stray in out.glob(".part-*.tmp"):
             log.info("%s: removing stray temporary file of a killed run", stray)
             stray.unlink(missing_ok=True)
@@ -714,6 +722,18 @@ def score_candidates(
             manifest["speed_check"] = teacher.speed_check
         write_json_atomic(out / MANIFEST, manifest)
         return manifest
+
+
+def _all_verified(out: Path, manifest: dict, shards: list[Shard]) -> bool:
+    """Every planned shard is listed in ``manifest`` and its file has the listed SHA-256."""
+    done = manifest.get("completed_shards", {})
+    if len(done) != len(shards):
+        return False
+    for s in shards:
+        rec, path = done.get(s.name), out / s.name
+        if rec is None or not path.is_file() or sha256_file(path) != rec.get("sha256"):
+            return False
+    return True
 
 
 def _pairs_fp(c: Candidates) -> str:
