@@ -42,7 +42,7 @@ full:
 # the test suite, then the cheap rows of the reproducibility table (published DL19 runs,
 # BM25 on SciFact) against their published figures
 test: $(VENV)/.installed-test mpnet
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q --durations=15
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rd repro check --cheap
 
 clean-work:
