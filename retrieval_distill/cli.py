@@ -39,13 +39,14 @@ app.command("serve")(serve)
 @app.command("pipeline")
 def pipeline_cmd(
     config: str = typer.Argument(..., help="pipeline YAML (eval/configs/scifact.yaml)"),
-    profile: str = typer.Option(None, help="profile of the config to apply (quick, full)"),
+    profile: str = typer.Option(None, help="profile of the config to apply (each config lists its profiles under `profiles:`; "
+                                "scifact.yaml: quick, full, two-tower, colbert, ...)"),
     force: list[str] = typer.Option([], help="rerun this stage even if up to date (repeatable)"),
     until: str = typer.Option(None, help="stop after this stage"),
     set_: list[str] = typer.Option([], "--set", help="override a config key after the profile: "
                                    "KEY=VALUE, dotted keys, YAML values (--set dataset=my-corpus/ --set train.epochs=2)"),
 ):
-    """Run every stage (queries, splits, bm25, init, candidates, teacher, train, index, eval);
+    """Run every stage (queries, splits, bm25, init, candidates, teacher, train, baseline, index, eval);
     skip those whose outputs exist and match their inputs; print stage wall times and the
     metrics table."""
     from retrieval_distill.pipeline import Pipeline

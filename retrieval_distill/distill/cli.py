@@ -23,7 +23,8 @@ queries_app = typer.Typer(help="training queries for corpora without judged quer
 
 @app.command("train")
 def train_cmd(
-    config: Path = typer.Argument(..., help="student config YAML (see `rd student train --help`)"),
+    config: Path = typer.Argument(..., help="student config YAML: keys documented in retrieval_distill/distill/job.py "
+                                "(StudentJob); examples in eval/configs/query_side/ and eval/configs/students/"),
     check_only: bool = typer.Option(False, "--check", help="validate the inputs and count examples; train nothing"),
 ):
     """Train a student from a teacher's score folder: teacher check, examples, sentence-transformers
