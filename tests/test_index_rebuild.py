@@ -175,6 +175,39 @@ def test_builds_of_other_shard_sizes_do_not_share_an_encoding_cache(tmp_path):
     assert r.exit_code == 0 and "re-encoding" not in r.output, r.output
     assert sorted(p.name.split("-", 2)[-1] for p in enc.iterdir()) == ["len16-shard32", "shard32", "shard64"]
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+    # `rd index verify` re-encodes a sample the way the index was built (16 tokens), so it passes
+    r = runner.invoke(app, ["verify", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "d"), "--max-length", "0"])
+    assert r.exit_code == 2 and "max_length" in r.output and not (tmp_path / "d").exists(), r.output
+
+
+def test_moved_store_finds_the_encoding_of_its_own_truncation(tmp_path):
+    """A store moved elsewhere (its manifest's encoding_cache path is gone) holds the
+    encodings of two builds of one corpus, untruncated and 16 tokens: each index's frozen
+    document vectors (query-side training) come from its own cache, never the other's."""
+    import shutil
+
+    from retrieval_distill.distill.query_side import load_documents
+    from retrieval_distill.index.store import open_version
+
+    runner = CliRunner()
+    base = ["build", "--model", "all-MiniLM-L6-v2", "--dataset", str(S.ADI), "--factory", "Flat"]
+    for name, extra in (("full", []), ("short", ["--max-length", "16"])):
+        r = runner.invoke(app, base + ["--out", str(tmp_path / "a" / name), "--encodings", str(tmp_path / "a" / "encodings")] + extra)
+        assert r.exit_code == 0, r.output
+    # one store root per index, both caches inside each (as a shared ROOT/encodings would be)
+    for name in ("full", "short"):
+        shutil.copytree(tmp_path / "a" / "encodings", tmp_path / "a" / name / "encodings")
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    for name, n_tokens in (("full", None), ("short", 16)):
+        v = open_version(tmp_path / "moved" / name).load()
+        assert not (tmp_path / "a").exists() and v.manifest.extra["max_length"] == n_tokens
+        docs = load_documents(tmp_path / "moved" / name)
+        assert docs.folder.parent == tmp_path / "moved" / name / "encodings"
+        assert ("-len16" in docs.folder.name) == (n_tokens == 16)
+        stored = v.index.reconstruct_n(0, v.index.ntotal)
+        np.testing.assert_allclose(docs.emb, stored, atol=1e-6)
 
 
 def test_verify_catches_wrong_vectors(tmp_path):

@@ -107,6 +107,32 @@ def test_rerun_into_a_finished_read_only_folder_is_a_no_op(adi, adi_bm25_run, te
         score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
 
 
+def test_hand_edited_manifest_and_strays_in_a_finished_folder(adi, adi_bm25_run, teacher, tmp_path):
+    """A finished folder with a stray temporary file, a manifest entry for a shard this request
+    does not plan, a string "complete", or a directory where a shard belongs: each is healed or
+    refused in one line, never a folder that stays incomplete or a traceback."""
+    out = tmp_path / "s"
+    kw = dict(corpus_ids=adi.corpus, queries_per_shard=10, progress=False)
+    score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
+    good = read_scores(out)
+    (out / ".part-00001.parquet.abc.tmp").write_bytes(b"junk")
+    score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
+    assert not list(out.glob(".*.tmp"))  # removed even though nothing was scored
+    mpath = out / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["completed_shards"]["part-00099.parquet"] = m["completed_shards"].pop("part-00003.parquet")
+    m["complete"] = "false"
+    mpath.write_text(json.dumps(m))
+    m2 = score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
+    assert m2["complete"] is True and sorted(m2["completed_shards"]) == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert m2["last_run"]["new_pairs"] == 0  # part-00003 adopted (its bytes check out), not rescored
+    pd.testing.assert_frame_equal(read_scores(out), good)
+    (out / "part-00002.parquet").unlink()
+    (out / "part-00002.parquet").mkdir()
+    with pytest.raises(ScoreFileMismatch, match="a directory where a shard file belongs"):
+        score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
+
+
 def test_corrupt_shard_is_redone_and_mismatch_refused(adi, adi_bm25_run, teacher, tmp_path):
     out = tmp_path / "s"
     kw = dict(corpus_ids=adi.corpus, queries_per_shard=10, progress=False)

@@ -154,7 +154,8 @@ def load_documents(documents: str | os.PathLike) -> FrozenDocuments:
     ``documents`` is an encoding folder (``encoding.json``), an index version folder or a
     store root (its current version). For an index, the vectors come from the encoding folder
     that built it (the manifest's ``encoding_cache``, else ``ROOT/encodings/<fp8>-<corpus
-    fingerprint>``) when its encoder and corpus fingerprints match the manifest; otherwise they
+    fingerprint>[-bf16][-lenN][-shardN]``) when its encoder and corpus fingerprints, dtype and
+    truncation (``max_length``) match the manifest; otherwise they
     are read back from the FAISS index itself when it stores them exactly (Flat, HNSW over flat
     storage), tombstoned rows dropped. Nothing is encoded.
 
@@ -178,14 +179,24 @@ def load_documents(documents: str | os.PathLike) -> FrozenDocuments:
     m = version.manifest
     root = version.path.parent.parent
     tried = [Path(m.extra["encoding_cache"])] if m.extra.get("encoding_cache") else []
-    tried.append(root / "encodings" / f"{m.encoder.fingerprint[:8]}-{m.corpus_fingerprint}")
+    # a moved store: its caches are ROOT/encodings/<fp8>-<corpus fp><-bf16><-lenN><-shardN>
+    # (rd index build); the key must also match the index's dtype and truncation, or the
+    # vectors of another build of the same corpus would be taken for this index's
+    base = f"{m.encoder.fingerprint[:8]}-{m.corpus_fingerprint}"
+    tried += [root / "encodings" / base] + sorted((root / "encodings").glob(base + "-*"))
+    want_dtype, want_len = m.extra.get("dtype") or "fp32", m.extra.get("max_length")
     live = [d for d in version.docids if d]
-    for folder in tried:
+    for folder in dict.fromkeys(tried):
         if not (folder / "encoding.json").is_file():
             continue
+        if folder != tried[0] or not m.extra.get("encoding_cache"):
+            suffix = folder.name[len(base):]
+            if (want_len is None) != ("-len" not in suffix):
+                continue
         docids, emb, key = load_encoding(folder)
         if (key.get("encoder_fingerprint") == m.encoder.fingerprint and key.get("corpus_fingerprint") == m.corpus_fingerprint
-                and docids == live):
+                and docids == live and (key.get("dtype") or "fp32") == want_dtype
+                and (want_len is None or key.get("max_seq_length") == want_len)):
             return FrozenDocuments(docids=docids, emb=emb, key=key, folder=folder)
     factory = m.factory.upper()
     if "PQ" in factory or "SQ" in factory or "LSH" in factory:

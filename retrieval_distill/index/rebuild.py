@@ -100,7 +100,7 @@ class IndexSpec(BaseModel):
     keep: int = Field(3, ge=1)
     shard_size: int = Field(DEFAULT_SHARD_SIZE, gt=0)
     batch_size: int = Field(32, gt=0)
-    max_length: int | None = None
+    max_length: int | None = Field(None, gt=0)
     dtype: Literal["fp32", "bf16"] = "fp32"
     encodings: str | None = None
     backend: Literal["local", "ray"] = "local"

@@ -39,8 +39,11 @@ def _load_encoder_for(version: IndexVersion) -> "Encoder":
 
     m = version.manifest
     q = m.query_encoder.name if m.query_encoder and m.query_encoder.name != m.encoder.name else None
+    # the document truncation the index was built with (rd index build --max-length): a fresh
+    # encoding for verification must truncate the same way
+    max_length = m.extra.get("max_length") if isinstance(m.extra, dict) else None
     try:
-        return Encoder(m.encoder.name, query_model=q, normalize=m.normalized)
+        return Encoder(m.encoder.name, query_model=q, normalize=m.normalized, max_length=max_length)
     except ModelNotFoundError as e:
         raise IndexFormatError(
             f"{version.path / 'manifest.json'}: the index's encoder cannot be loaded ({e}); pass encoder= explicitly"

@@ -614,16 +614,18 @@ def score_candidates(
                 log.warning("%s: overwriting scores of another request (%s)", out, ", ".join(diff))
                 _clear(out)
                 manifest = None
-        if manifest is not None and manifest.get("complete") and _all_verified(out, manifest, shards):
+        for stray in out.glob(".part-*.tmp"):
+            log.info("%s: removing stray temporary file of a killed run", stray)
+            try:
+                stray.unlink(missing_ok=True)
+            except OSError as e:  # read-only storage: a stray there harms no reader
+                log.warning("%s: cannot remove a stray temporary file (%s)", stray, e)
+        if manifest is not None and manifest.get("complete") is True and _all_verified(out, manifest, shards):
             # a finished folder is verified and left untouched (no manifest rewrite), so a
             # rerun into a finished, read-only score folder is a no-op, not an error
             log.info("%s: complete (%d shards, SHA-256 verified); nothing to score", out, len(shards))
             return {**manifest, "last_run": {"backend": backend, "new_pairs": 0, "seconds": 0.0, "seconds_with_document_pass": 0.0,
                                              "pairs_per_s": None, "pairs_per_s_with_document_pass": None}}  # fmt: skip
-        for stray in out.glob(".part-*.tmp"):
-            log.info("%s: removing stray temporary file of a killed run", stray)
-            stray.unlink(missing_ok=True)
-
         long_n, long_ex = _count_long_queries(teacher, dict.fromkeys(q for s in shards for q in s.queries))
         empty = [(s.qids[i], s.docids[i]) for s in shards for i, p in enumerate(s.passages) if not p.strip()]
         if long_n:
@@ -631,7 +633,11 @@ def score_candidates(
         if empty:
             log.warning("%d candidate pairs have an empty passage text; they are scored as given (e.g. %s)", len(empty), empty[:3])
         manifest = manifest or {}
-        completed: dict[str, dict] = dict(manifest.get("completed_shards", {}))
+        planned = {s.name for s in shards}
+        completed: dict[str, dict] = {k: v for k, v in dict(manifest.get("completed_shards") or {}).items() if k in planned}
+        unplanned = sorted(set(manifest.get("completed_shards") or {}) - planned)
+        if unplanned:  # a hand-edited manifest: such an entry would keep the folder incomplete forever
+            log.warning("%s: manifest lists shards this request does not plan, dropped: %s", out, unplanned[:5])
         redone = int(manifest.get("counts", {}).get("redone_shards", 0))
         manifest = {
             **request,
@@ -653,7 +659,9 @@ def score_candidates(
         for s in shards:
             path = out / s.name
             rec = completed.get(s.name)
-            if rec is not None and path.exists() and sha256_file(path) == rec["sha256"]:
+            if path.is_dir():
+                raise ScoreFileMismatch(f"{path}: a directory where a shard file belongs; remove it and rerun")
+            if rec is not None and path.exists() and sha256_file(path) == rec.get("sha256"):
                 continue
             if path.exists():
                 why = _check_shard_file(path, s) if rec is None else "SHA-256 differs from the manifest"
