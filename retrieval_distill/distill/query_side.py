@@ -178,7 +178,8 @@ def load_documents(documents: str | os.PathLike) -> FrozenDocuments:
     version = open_version(p).load()
     m = version.manifest
     root = version.path.parent.parent
-    tried = [Path(m.extra["encoding_cache"])] if m.extra.get("encoding_cache") else []
+    recorded = Path(m.extra["encoding_cache"]) if m.extra.get("encoding_cache") else None
+    tried = [recorded] if recorded else []
     # a moved store: its caches are ROOT/encodings/<fp8>-<corpus fp><-bf16><-lenN><-shardN>
     # (rd index build); the key must also match the index's dtype and truncation, or the
     # vectors of another build of the same corpus would be taken for this index's
@@ -189,10 +190,8 @@ def load_documents(documents: str | os.PathLike) -> FrozenDocuments:
     for folder in dict.fromkeys(tried):
         if not (folder / "encoding.json").is_file():
             continue
-        if folder != tried[0] or not m.extra.get("encoding_cache"):
-            suffix = folder.name[len(base):]
-            if (want_len is None) != ("-len" not in suffix):
-                continue
+        if folder != recorded and ("-len" in folder.name[len(base):]) != (want_len is not None):
+            continue  # named for another truncation; the key check below confirms the rest
         docids, emb, key = load_encoding(folder)
         if (key.get("encoder_fingerprint") == m.encoder.fingerprint and key.get("corpus_fingerprint") == m.corpus_fingerprint
                 and docids == live and (key.get("dtype") or "fp32") == want_dtype

@@ -134,7 +134,8 @@ def verify_version(
     if encoder is None:
         from retrieval_distill.search.dense import _load_encoder_for
 
-        encoder = _load_encoder_for(version)
+        # a fresh encoding truncates documents as the build did (rd index build --max-length)
+        encoder = _load_encoder_for(version, max_length=m.extra.get("max_length"))
     from retrieval_distill.search.dense import DenseSearcher
 
     searcher = DenseSearcher(version, encoder=encoder)

@@ -33,15 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from retrieval_distill.models.encoder import Encoder
 
 
-def _load_encoder_for(version: IndexVersion) -> "Encoder":
+def _load_encoder_for(version: IndexVersion, max_length: int | None = None) -> "Encoder":
+    """The encoder the manifest names; ``max_length`` truncates its documents (verification
+    re-encodes them as the build did; searching leaves it unset, so queries keep the model's
+    own limit)."""
     from retrieval_distill.models.encoder import Encoder
     from retrieval_distill.models.resolve import ModelNotFoundError
 
     m = version.manifest
     q = m.query_encoder.name if m.query_encoder and m.query_encoder.name != m.encoder.name else None
-    # the document truncation the index was built with (rd index build --max-length): a fresh
-    # encoding for verification must truncate the same way
-    max_length = m.extra.get("max_length") if isinstance(m.extra, dict) else None
     try:
         return Encoder(m.encoder.name, query_model=q, normalize=m.normalized, max_length=max_length)
     except ModelNotFoundError as e:

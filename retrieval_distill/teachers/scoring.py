@@ -634,8 +634,9 @@ def score_candidates(
             log.warning("%d candidate pairs have an empty passage text; they are scored as given (e.g. %s)", len(empty), empty[:3])
         manifest = manifest or {}
         planned = {s.name for s in shards}
-        completed: dict[str, dict] = {k: v for k, v in dict(manifest.get("completed_shards") or {}).items() if k in planned}
-        unplanned = sorted(set(manifest.get("completed_shards") or {}) - planned)
+        listed = manifest.get("completed_shards") or {}
+        completed: dict[str, dict] = {k: v for k, v in listed.items() if k in planned}
+        unplanned = sorted(set(listed) - planned)
         if unplanned:  # a hand-edited manifest: such an entry would keep the folder incomplete forever
             log.warning("%s: manifest lists shards this request does not plan, dropped: %s", out, unplanned[:5])
         redone = int(manifest.get("counts", {}).get("redone_shards", 0))
@@ -661,7 +662,7 @@ def score_candidates(
             rec = completed.get(s.name)
             if path.is_dir():
                 raise ScoreFileMismatch(f"{path}: a directory where a shard file belongs; remove it and rerun")
-            if rec is not None and path.exists() and sha256_file(path) == rec.get("sha256"):
+            if _shard_verified(path, rec):
                 continue
             if path.exists():
                 why = _check_shard_file(path, s) if rec is None else "SHA-256 differs from the manifest"
@@ -732,16 +733,15 @@ def score_candidates(
         return manifest
 
 
+def _shard_verified(path: Path, rec: dict | None) -> bool:
+    """The shard is listed (``rec``, its manifest entry) and its file has the listed SHA-256."""
+    return rec is not None and path.is_file() and sha256_file(path) == rec.get("sha256")
+
+
 def _all_verified(out: Path, manifest: dict, shards: list[Shard]) -> bool:
-    """Every planned shard is listed in ``manifest`` and its file has the listed SHA-256."""
+    """Every planned shard, and no other, is listed in ``manifest`` and verified."""
     done = manifest.get("completed_shards", {})
-    if len(done) != len(shards):
-        return False
-    for s in shards:
-        rec, path = done.get(s.name), out / s.name
-        if rec is None or not path.is_file() or sha256_file(path) != rec.get("sha256"):
-            return False
-    return True
+    return len(done) == len(shards) and all(_shard_verified(out / s.name, done.get(s.name)) for s in shards)
 
 
 def _pairs_fp(c: Candidates) -> str:
