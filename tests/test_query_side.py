@@ -380,3 +380,34 @@ def test_unlabeled_queries_are_kept_for_the_teacher_terms(frozen, tmp_path):
     d = check(unlabeled=True)
     assert d["queries"] == 35 and d["unlabeled"] == 5 and d["dropped"]["no_positive"] == 0
     assert d["candidates_per_query"] == pytest.approx(15.0)  # the unlabeled ones keep their teacher lists
+
+
+def test_a_query_side_student_as_a_bi_encoder_teachers_query_model(frozen, tmp_path):
+    """A born-again teacher: the student's queries over the init's document vectors, the pair the
+    student was trained as; the student as `model` (documents), or with another document
+    model, is refused."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.index.manifest import EncoderMismatchError
+    from retrieval_distill.teachers.base import build_teacher
+
+    coll = load_collection(S.ADI, split="test")
+    qid = next(iter(coll.queries))
+    docids = list(coll.corpus)[:4]
+    t = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"query_model": str(frozen["student"])}})
+    got = t.score_ids([qid] * 4, [coll.queries[qid]] * 4, docids, [coll.doc_text(d) for d in docids])
+    q = SentenceTransformer(str(frozen["student"])).encode([coll.queries[qid]], normalize_embeddings=True)
+    d = S.encoder().doc_model.encode([coll.doc_text(x) for x in docids], normalize_embeddings=True)
+    np.testing.assert_allclose(got, (d @ q[0]).astype(np.float32), atol=1e-5)
+    plain = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"})
+    assert t.fingerprint != plain.fingerprint  # the score file tells the two teachers apart
+    with pytest.raises(EncoderMismatchError, match="is a query-side student"):
+        build_teacher({"kind": "bi_encoder", "model": str(frozen["student"])})
+    other = tmp_path / "other"
+    shutil.copytree(frozen["student"], other)
+    (other / "training_card.json").unlink()
+    with pytest.raises(EncoderMismatchError, match="was trained against documents encoded by 'all-MiniLM-L6-v2'"):
+        build_teacher({"kind": "bi_encoder", "model": str(other), "options": {"query_model": str(frozen["student"])}})

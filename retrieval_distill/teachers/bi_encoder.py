@@ -14,6 +14,12 @@ Spec options:
     batch_size (int, 32): texts per forward pass.
     max_length (int | None): token limit (``None`` keeps the model's own).
     cache_documents (bool, True): keep document embeddings by docid across calls.
+    query_model (str | None): a different model for the queries: a query-side student
+        (``rd student train`` with ``mode: query_side``) trained against this model's document
+        vectors, so the teacher scores with the student's queries over the documents it was
+        trained for (a born-again teacher, Furlanello et al. 2018, arXiv:1805.04770). Refused
+        when the student's card names another document encoder; a query-side student given as
+        ``model`` is refused too (it never encoded documents).
     embeddings (str | None): an encoding folder of this model over the corpus (written by
         ``rd index build`` / the pipeline's ``encode_corpus``: ``OUT/encodings/<key>``);
         its document vectors are preloaded, so no document is encoded again. Refused when
@@ -46,10 +52,12 @@ class BiEncoderTeacher:
     Raises:
         ModelNotFoundError: the model cannot be resolved.
         ValueError: unknown ``dtype``, or an option not listed above.
+        EncoderMismatchError: ``model`` is a query-side student, or ``query_model`` is one
+            trained against another document encoder.
     """
 
     scale = "cosine"
-    OPTIONS = frozenset({"dtype", "batch_size", "max_length", "cache_documents", "embeddings"})
+    OPTIONS = frozenset({"dtype", "batch_size", "max_length", "cache_documents", "embeddings", "query_model"})
 
     def __init__(self, spec: TeacherSpec):
         check_options(spec, self.OPTIONS)
@@ -59,8 +67,17 @@ class BiEncoderTeacher:
         self.spec = spec
         opts = spec.options
         self.model_name = spec.model or DEFAULT_MODEL
+        from retrieval_distill.distill.query_side import check_query_encoder, refuse_as_document_encoder
+        from retrieval_distill.models.resolve import model_fingerprint
+
+        refuse_as_document_encoder(self.model_name, "give the model it was trained against as `model` and this one as "
+                                   "the `query_model` option")
+        query_model = opts.get("query_model")
+        if query_model:
+            check_query_encoder(query_model, model_fingerprint(self.model_name), where=f"teacher {spec.display_name()}'s `model`")
         self.encoder = Encoder(
             self.model_name,
+            query_model=query_model,
             batch_size=int(opts.get("batch_size", 32)),
             max_length=opts.get("max_length"),
             show_progress=False,
