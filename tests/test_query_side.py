@@ -411,3 +411,48 @@ def test_a_query_side_student_as_a_bi_encoder_teachers_query_model(frozen, tmp_p
     (other / "training_card.json").unlink()
     with pytest.raises(EncoderMismatchError, match="was trained against documents encoded by 'all-MiniLM-L6-v2'"):
         build_teacher({"kind": "bi_encoder", "model": str(other), "options": {"query_model": str(frozen["student"])}})
+
+
+def test_a_cross_fit_teacher_scores_each_query_with_the_students_that_did_not_train_on_it(frozen, tmp_path):
+    """`cross_fit`: query q gets the mean cosine of the students whose trained_qids lack q. Two
+    query encoders here, the student (said to have trained on qids A) and the init (on B):
+    A's queries are scored by the init alone, B's by the student alone, the rest by both."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.teachers.base import build_teacher
+
+    coll = load_collection(S.ADI, split="test")
+    qids = list(coll.queries)
+    a, b, rest = qids[:2], qids[2:4], qids[4:6]
+    (tmp_path / "a.qids").write_text("".join(q + "\n" for q in a))
+    (tmp_path / "b.qids").write_text("".join(f"{q} extra-column\n" for q in b))
+    folds = [{"query_model": str(frozen["student"]), "trained_qids": str(tmp_path / "a.qids")},
+             {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]
+    t = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": folds}})
+    docids = list(coll.corpus)[:3]
+    pairs = [(q, d) for q in a + b + rest for d in docids]
+    got = t.score_ids([q for q, _ in pairs], [coll.queries[q] for q, _ in pairs], [d for _, d in pairs],
+                      [coll.doc_text(d) for _, d in pairs]).reshape(6, 3)
+    texts = [coll.queries[q] for q in a + b + rest]
+    student = S.encoder().doc_model.__class__(str(frozen["student"])).encode(texts, normalize_embeddings=True)
+    init = S.encoder().doc_model.encode(texts, normalize_embeddings=True)
+    docs = S.encoder().doc_model.encode([coll.doc_text(d) for d in docids], normalize_embeddings=True)
+    np.testing.assert_allclose(got[:2], init[:2] @ docs.T, atol=1e-5)  # A: the student trained on them
+    np.testing.assert_allclose(got[2:4], student[2:4] @ docs.T, atol=1e-5)  # B: the init "trained" on them
+    np.testing.assert_allclose(got[4:], (student[4:] @ docs.T + init[4:] @ docs.T) / 2, atol=1e-5)
+    # another fold file is another teacher
+    (tmp_path / "b2.qids").write_text("".join(q + "\n" for q in b + rest[:1]))
+    other = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": [
+        folds[0], {**folds[1], "trained_qids": str(tmp_path / "b2.qids")}]}})
+    assert other.fingerprint != t.fingerprint
+    with pytest.raises(ValueError, match="scores by qid"):
+        t.score([coll.queries[a[0]]], [coll.doc_text(docids[0])])
+    (tmp_path / "ab.qids").write_text("".join(q + "\n" for q in a + b))
+    both = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": [
+        folds[0], {**folds[1], "trained_qids": str(tmp_path / "ab.qids")}]}})
+    with pytest.raises(ValueError, match=f"query '{a[0]}' is in every cross_fit student's trained_qids"):
+        both.score_ids([a[0]], [coll.queries[a[0]]], docids[:1], [coll.doc_text(docids[0])])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": [
+            folds[0], {**folds[1], "trained_qids": str(tmp_path / "nope.qids")}]}})
+    with pytest.raises(ValueError, match="at least 2"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": folds[:1]}})

@@ -20,6 +20,16 @@ Spec options:
         trained for (a born-again teacher, Furlanello et al. 2018, arXiv:1805.04770). Refused
         when the student's card names another document encoder; a query-side student given as
         ``model`` is refused too (it never encoded documents).
+    cross_fit (list of {query_model, trained_qids}): out-of-fold query encoders, instead of
+        ``query_model``: K query-side students, each trained on the queries listed in its
+        ``trained_qids`` file (one qid per line, first column), e.g. K folds of the training
+        queries. A query is scored by the mean cosine of the students that did NOT train on
+        it (the mean of their query vectors against the document), so a teacher built from
+        students never scores a query whose qrels it was fit to: cross-fitting, the
+        out-of-fold predictions of stacked generalisation (Wolpert 1992, "Stacked
+        Generalization", Neural Networks 5(2)). A query outside every file (dev, test) gets
+        all K. Scoring needs qids (:meth:`score_ids`; :meth:`score` refuses); a query every
+        student trained on is an error. Each student is checked like ``query_model``.
     embeddings (str | None): an encoding folder of this model over the corpus (written by
         ``rd index build`` / the pipeline's ``encode_corpus``: ``OUT/encodings/<key>``);
         its document vectors are preloaded, so no document is encoded again. Refused when
@@ -52,12 +62,13 @@ class BiEncoderTeacher:
     Raises:
         ModelNotFoundError: the model cannot be resolved.
         ValueError: unknown ``dtype``, or an option not listed above.
-        EncoderMismatchError: ``model`` is a query-side student, or ``query_model`` is one
-            trained against another document encoder.
+        EncoderMismatchError: ``model`` is a query-side student, or ``query_model`` (or a
+            ``cross_fit`` student) is one trained against another document encoder.
+        FileNotFoundError: a ``cross_fit`` qids file that does not exist.
     """
 
     scale = "cosine"
-    OPTIONS = frozenset({"dtype", "batch_size", "max_length", "cache_documents", "embeddings", "query_model"})
+    OPTIONS = frozenset({"dtype", "batch_size", "max_length", "cache_documents", "embeddings", "query_model", "cross_fit"})
 
     def __init__(self, spec: TeacherSpec):
         check_options(spec, self.OPTIONS)
@@ -73,8 +84,10 @@ class BiEncoderTeacher:
         refuse_as_document_encoder(self.model_name, "give the model it was trained against as `model` and this one as "
                                    "the `query_model` option")
         query_model = opts.get("query_model")
+        doc_fp = model_fingerprint(self.model_name)
         if query_model:
-            check_query_encoder(query_model, model_fingerprint(self.model_name), where=f"teacher {spec.display_name()}'s `model`")
+            check_query_encoder(query_model, doc_fp, where=f"teacher {spec.display_name()}'s `model`")
+        self.folds = self._load_folds(opts.get("cross_fit"), doc_fp, bool(query_model))
         self.encoder = Encoder(
             self.model_name,
             query_model=query_model,
@@ -92,14 +105,46 @@ class BiEncoderTeacher:
         if opts.get("embeddings"):
             self.load_document_embeddings(opts["embeddings"])
 
+    def _load_folds(self, cross_fit, doc_fp: str, has_query_model: bool) -> list[dict]:
+        """The ``cross_fit`` students: ``[{"model": SentenceTransformer, "name", "fingerprint",
+        "trained": set of qids}]`` (empty without the option)."""
+        if not cross_fit:
+            return []
+        from pathlib import Path
+
+        from retrieval_distill.distill.query_side import check_query_encoder
+        from retrieval_distill.models.resolve import load_sentence_transformer, model_fingerprint
+        from retrieval_distill.utils import fingerprint_obj
+
+        where = f"teacher {self.spec.display_name()}"
+        if has_query_model:
+            raise ValueError(f"{where}: give either `query_model` or `cross_fit`, not both")
+        if not isinstance(cross_fit, list) or len(cross_fit) < 2:
+            raise ValueError(f"{where}: `cross_fit` is a list of at least 2 {{query_model, trained_qids}} entries")
+        folds = []
+        for i, f in enumerate(cross_fit):
+            if not isinstance(f, dict) or set(f) != {"query_model", "trained_qids"}:
+                raise ValueError(f"{where}: cross_fit[{i}] must have exactly the keys query_model and trained_qids, got {f!r}")
+            qfile = Path(str(f["trained_qids"]))
+            if not qfile.is_file():
+                raise FileNotFoundError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} does not exist")
+            trained = {line.split()[0] for line in qfile.read_text().splitlines() if line.strip()}
+            check_query_encoder(f["query_model"], doc_fp, where=f"{where}'s `model`")
+            folds.append({"model": load_sentence_transformer(f["query_model"]), "name": str(f["query_model"]),
+                          "fingerprint": model_fingerprint(f["query_model"]) + fingerprint_obj(sorted(trained)),
+                          "trained": trained})
+        return folds
+
     # -- identity -----------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
-        """Spec plus model weights fingerprint (16 hex chars)."""
+        """Spec plus model weights fingerprint (16 hex chars); with ``cross_fit``, also each
+        student's weights and the qids it trained on (a changed fold file is another teacher)."""
         if self._fp is None:
             # a preloaded encoding folder changes where vectors come from, not the scores
             opts = {k: v for k, v in self.spec.options.items() if k != "embeddings"}
-            self._fp = spec_fingerprint(self.spec.model_copy(update={"options": opts}), self.encoder.fingerprint())
+            weights = self.encoder.fingerprint() + "".join(f["fingerprint"] for f in self.folds)
+            self._fp = spec_fingerprint(self.spec.model_copy(update={"options": opts}), weights)
         return self._fp
 
     @property
@@ -208,6 +253,8 @@ class BiEncoderTeacher:
         """
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
+        if self.folds:
+            raise ValueError(f"teacher {self.spec.display_name()}: a cross_fit teacher scores by qid (score_ids), not by text")
         if not queries:
             return np.zeros(0, dtype=np.float32)
         uq = list(dict.fromkeys(queries))
@@ -220,6 +267,31 @@ class BiEncoderTeacher:
         p = pe[[pi[t] for t in passages]]
         return np.einsum("nd,nd->n", q, p).astype(np.float32)
 
+    def _cross_fit_queries(self, qids: list[str], queries: list[str]) -> list:
+        """Cache each query's out-of-fold vector (mean of the students that did not train on
+        it) under ``(qid, text)`` and return those keys, one per pair."""
+        keys = [(str(q), t) for q, t in zip(qids, queries)]
+        todo = [k for k in dict.fromkeys(keys) if k not in self._query_cache]
+        if not todo:
+            return keys
+        eligible = {k: [i for i, f in enumerate(self.folds) if k[0] not in f["trained"]] for k in todo}
+        every = [k[0] for k, e in eligible.items() if not e]
+        if every:
+            raise ValueError(f"teacher {self.spec.display_name()}: query {every[0]!r} is in every cross_fit student's "
+                             f"trained_qids ({len(every)} such queries); no student can score it out of fold")
+        acc = {k: 0.0 for k in todo}
+        for i, f in enumerate(self.folds):
+            mine = [k for k in todo if i in eligible[k]]
+            if not mine:
+                continue
+            with self._autocast():
+                vec = self.encoder._encode(f["model"], [k[1] for k in mine], progress=False)
+            for k, v in zip(mine, np.asarray(vec, dtype=np.float32)):
+                acc[k] = acc[k] + v / len(eligible[k])
+        for k in todo:
+            self._query_cache[k] = np.asarray(acc[k], dtype=np.float32)
+        return keys
+
     def score_ids(self, qids: list[str], queries: list[str], docids: list[str], passages: list[str]) -> np.ndarray:
         """Like :meth:`score`, caching query embeddings by text and document embeddings by
         docid (unless ``cache_documents`` is off), so each is encoded once.
@@ -231,10 +303,14 @@ class BiEncoderTeacher:
             raise ValueError("qids, queries, docids and passages must have the same length")
         if not queries:
             return np.zeros(0, dtype=np.float32)
-        new_q = [t for t in dict.fromkeys(queries) if t not in self._query_cache]
-        if new_q:
-            for t, e in zip(new_q, self.encode_queries(new_q)):
-                self._query_cache[t] = e
+        if self.folds:
+            keys = self._cross_fit_queries(qids, queries)
+        else:
+            keys = list(queries)
+            new_q = [t for t in dict.fromkeys(queries) if t not in self._query_cache]
+            if new_q:
+                for t, e in zip(new_q, self.encode_queries(new_q)):
+                    self._query_cache[t] = e
         doc_vecs: dict[str, np.ndarray] = {}
         todo: dict[str, str] = {}
         for d, p in zip(docids, passages):
@@ -247,6 +323,6 @@ class BiEncoderTeacher:
                 doc_vecs[d] = e
                 if self.cache_documents:
                     self._doc_cache[d] = e
-        q = np.stack([self._query_cache[t] for t in queries])
+        q = np.stack([self._query_cache[t] for t in keys])
         p = np.stack([doc_vecs[d] for d in docids])
         return np.einsum("nd,nd->n", q, p).astype(np.float32)
