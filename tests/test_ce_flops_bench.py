@@ -4,19 +4,15 @@ benchmark, never asserted here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
+from script_support import load_script
 
 
 def test_flops_per_pair_match_a_hand_count(tmp_path):
-    spec = importlib.util.spec_from_file_location("ce_flops_ceiling", PROJECT / "eval" / "bench" / "ce_flops_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("eval/bench/ce_flops_ceiling.py")
     out = mod.main(["--batch", "2", "--tokens", "16", "--rounds", "1", "--json", str(tmp_path / "f.json")])
     L, d, ff, layers = 16, 384, 1536, 6
     # per layer and token: Q, K, V, O (4 d^2) + FFN up and down (2 d ff), 2 FLOPs per multiply-add

@@ -4,20 +4,16 @@ claims (StudentJob, TeacherSpec) and the output is the same for the same seed.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
-PROJECT = Path(__file__).resolve().parents[1]
+from script_support import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cross_fit", PROJECT / "eval" / "configs" / "query_side" / "cross_fit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("eval/configs/query_side/cross_fit.py")
 
 
 def _lines(p: Path) -> list[str]:

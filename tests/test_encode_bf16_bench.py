@@ -4,20 +4,18 @@ printed by the benchmark, never asserted here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
+from script_support import load_script
 
 PROJECT = Path(__file__).resolve().parents[1]
 ADI = PROJECT.parent / "shared" / "data" / "classic" / "adi"
 
 
 def test_bench_compares_the_bf16_and_fp32_passes(tmp_path):
-    spec = importlib.util.spec_from_file_location("encode_bf16", PROJECT / "eval" / "bench" / "encode_bf16.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("eval/bench/encode_bf16.py")
     out = mod.main(["--model", "all-MiniLM-L6-v2", "--dataset", str(ADI), "--n", "24", "--rounds", "1", "--force",
                     "--json", str(tmp_path / "b.json")])
     assert out["bf16_ran"] and out["passages"] == 24 and out["queries"] == 35

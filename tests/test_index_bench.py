@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-PROJECT = Path(__file__).resolve().parents[1]
+from script_support import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("index_bench", PROJECT / "eval" / "bench" / "index_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("eval/bench/index_bench.py")
 
 
 def test_clustered_vectors_are_unit_deterministic_and_clustered():

@@ -5,16 +5,13 @@ TAS-B against BM25 (a t statistic does not change when the differences are scale
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 
 from conftest import TREC_DL
+from script_support import load_script
 
-PROJECT = Path(__file__).resolve().parents[1]
 SPLIT = "dl19.only-passages-in-corpus"
 
 
@@ -23,9 +20,7 @@ def test_pooled_delta_and_p_against_a_hand_computation():
     from retrieval_distill.evaluation.compare import load_runs
     from retrieval_distill.evaluation.metrics import evaluate
 
-    spec = importlib.util.spec_from_file_location("seed_pooled", PROJECT / "eval" / "configs" / "query_side" / "seed_pooled.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("eval/configs/query_side/seed_pooled.py")
     bm25, tasb = TREC_DL / "runs" / "BM25.dl19.trec", TREC_DL / "runs" / "D_BERT_KD_TASB.dl19.trec"
     out = mod.main(["--qrels", str(TREC_DL), "--split", SPLIT, f"base={bm25},{bm25}", f"mixed={tasb},{bm25}"])
 

@@ -5,7 +5,6 @@ trained against different document encoders."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,14 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-PROJECT = Path(__file__).resolve().parents[1]
+from script_support import load_script
 
 
 def _soup():
-    spec = importlib.util.spec_from_file_location("soup", PROJECT / "eval" / "configs" / "query_side" / "soup.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("eval/configs/query_side/soup.py")
 
 
 def _student(src: Path, dst: Path, doc_fp: str) -> Path:
