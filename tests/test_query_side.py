@@ -456,3 +456,44 @@ def test_a_cross_fit_teacher_scores_each_query_with_the_students_that_did_not_tr
             folds[0], {**folds[1], "trained_qids": str(tmp_path / "nope.qids")}]}})
     with pytest.raises(ValueError, match="at least 2"):
         build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": folds[:1]}})
+
+
+def test_a_malformed_cross_fit_or_a_query_encoder_of_another_dimension_is_refused_when_built(frozen, tmp_path):
+    """Refused at construction, not silently accepted or left to fail mid-scoring: an empty
+    ``cross_fit`` (which read as "no cross-fitting" and gave a plain teacher), a qids file that
+    is empty or a folder, and a query encoder (query_model or fold student) without a card
+    whose dimension is not the documents'; a BOM in a qids file is not part of the first qid
+    (read as part of it, the student that trained on that query would score it)."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.index.manifest import EncoderMismatchError
+    from retrieval_distill.teachers.base import build_teacher
+
+    coll = load_collection(S.ADI, split="test")
+    qids = list(coll.queries)
+    (tmp_path / "a.qids").write_text("".join(q + "\n" for q in qids[:2]))
+    (tmp_path / "b.qids").write_text("".join(q + "\n" for q in qids[2:4]))
+    folds = [{"query_model": str(frozen["student"]), "trained_qids": str(tmp_path / "a.qids")},
+             {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]
+
+    def build(**opts):
+        return build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": opts})
+
+    for empty in ([], {}, False, ""):
+        with pytest.raises(ValueError, match="at least 2"):
+            build(cross_fit=empty)
+    (tmp_path / "none.qids").write_text("\n  \n")
+    with pytest.raises(ValueError, match="lists no qids"):
+        build(cross_fit=[folds[0], {**folds[1], "trained_qids": str(tmp_path / "none.qids")}])
+    (tmp_path / "dir.qids").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        build(cross_fit=[folds[0], {**folds[1], "trained_qids": str(tmp_path / "dir.qids")}])
+    with pytest.raises(EncoderMismatchError, match=r"cross_fit\[1\].query_model 'all-mpnet-base-v2' gives 768-dim"):
+        build(cross_fit=[folds[0], {**folds[1], "query_model": "all-mpnet-base-v2"}])
+    with pytest.raises(EncoderMismatchError, match="query_model 'all-mpnet-base-v2' gives 768-dim"):
+        build(query_model="all-mpnet-base-v2")
+    # a BOM: the first qid is still the student's, so the init alone scores it
+    (tmp_path / "a-bom.qids").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "a.qids").read_bytes())
+    docids = list(coll.corpus)[:3]
+    args = ([qids[0]] * 3, [coll.queries[qids[0]]] * 3, docids, [coll.doc_text(d) for d in docids])
+    bom = build(cross_fit=[{**folds[0], "trained_qids": str(tmp_path / "a-bom.qids")}, folds[1]])
+    np.testing.assert_allclose(bom.score_ids(*args), build().score_ids(*args), atol=1e-6)

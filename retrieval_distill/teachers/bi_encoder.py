@@ -65,6 +65,9 @@ class BiEncoderTeacher:
         EncoderMismatchError: ``model`` is a query-side student, or ``query_model`` (or a
             ``cross_fit`` student) is one trained against another document encoder.
         FileNotFoundError: a ``cross_fit`` qids file that does not exist.
+        ValueError (EncoderMismatchError): a query encoder whose dimension is not the document
+            model's; a ``cross_fit`` that is not a list of >= 2 entries (an empty one too), or a
+            qids file that is a folder, empty, or not UTF-8.
     """
 
     scale = "cosine"
@@ -95,6 +98,7 @@ class BiEncoderTeacher:
             max_length=opts.get("max_length"),
             show_progress=False,
         )
+        self._check_query_dims(query_model)
         self.max_length = int(self.encoder.doc_model.max_seq_length)
         self.tokenizer = self.encoder.doc_model.tokenizer
         self.cache_documents = bool(opts.get("cache_documents", True))
@@ -105,13 +109,33 @@ class BiEncoderTeacher:
         if opts.get("embeddings"):
             self.load_document_embeddings(opts["embeddings"])
 
+    def _check_query_dims(self, query_model) -> None:
+        """Refuse a query encoder (``query_model`` or a ``cross_fit`` student) whose vectors have
+        another dimension than the document model's: a plain model without a query-side card
+        passes :func:`check_query_encoder`, and would otherwise fail only while scoring, after
+        the document pass and some shards, with a bare numpy shape error."""
+        from retrieval_distill.index.manifest import EncoderMismatchError
+
+        doc_dim = self.encoder.dim
+        models = [("query_model", str(query_model), self.encoder.query_model)] if query_model else []
+        models += [(f"cross_fit[{i}].query_model", f["name"], f["model"]) for i, f in enumerate(self.folds)]
+        for where, name, model in models:
+            dim = int(model.get_embedding_dimension())
+            if dim != doc_dim:
+                raise EncoderMismatchError(
+                    f"teacher {self.spec.display_name()}: {where} {name!r} gives {dim}-dim query vectors, but the "
+                    f"documents of `model` {self.model_name!r} are {doc_dim}-dim; a query encoder must be trained for "
+                    "that document model"
+                )
+
     def _load_folds(self, cross_fit, doc_fp: str, has_query_model: bool) -> list[dict]:
         """The ``cross_fit`` students: ``[{"model": SentenceTransformer, "name", "fingerprint",
         "trained": set of qids}]`` (empty without the option)."""
-        if not cross_fit:
+        if cross_fit is None:  # an empty list (or {}, false, "") is a malformed option, not "no cross-fitting"
             return []
         from pathlib import Path
 
+        from retrieval_distill.data.formats import read_qids
         from retrieval_distill.distill.query_side import check_query_encoder
         from retrieval_distill.models.resolve import load_sentence_transformer, model_fingerprint
         from retrieval_distill.utils import fingerprint_obj
@@ -126,9 +150,16 @@ class BiEncoderTeacher:
             if not isinstance(f, dict) or set(f) != {"query_model", "trained_qids"}:
                 raise ValueError(f"{where}: cross_fit[{i}] must have exactly the keys query_model and trained_qids, got {f!r}")
             qfile = Path(str(f["trained_qids"]))
+            if qfile.is_dir():
+                raise ValueError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} is a folder, not a qids file")
             if not qfile.is_file():
                 raise FileNotFoundError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} does not exist")
-            trained = {line.split()[0] for line in qfile.read_text().splitlines() if line.strip()}
+            # the reader of exclude_qids_file (UTF-8, BOM stripped): a BOM read as part of the first
+            # qid would let the student that trained on that query score it
+            trained = set(read_qids(qfile))
+            if not trained:
+                raise ValueError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} lists no qids; a student "
+                                 "trained on no query is not a cross-fit student (a fold file written wrong?)")
             check_query_encoder(f["query_model"], doc_fp, where=f"{where}'s `model`")
             folds.append({"model": load_sentence_transformer(f["query_model"]), "name": str(f["query_model"]),
                           "fingerprint": model_fingerprint(f["query_model"]) + fingerprint_obj(sorted(trained)),
