@@ -54,3 +54,27 @@ def test_folds_partition_the_train_queries_and_configs_validate(tmp_path):
     first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     _script().main(["--work", str(work), "--folds", "3", "--epochs", "6", "--out", str(out)])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == first
+
+
+def test_bad_work_folders_are_refused_before_writing_anything(tmp_path):
+    """A dev qid in the first column with a note after it (the qids format) still counts as
+    dev: it is refused as overlapping train, not cut into a fold; more folds than train
+    queries, and a missing work folder, end with a message and write no output folder."""
+    import pytest
+
+    work = tmp_path / "demo"
+    (work / "candidates").mkdir(parents=True)
+    (work / "splits").mkdir()
+    (work / "candidates" / "train.trec").write_text("".join(f"q{i} Q0 d0 1 1.0 init\n" for i in range(3)))
+    out = tmp_path / "cf"
+    (work / "splits" / "dev.qids").write_text("\ufeffdev1\nq1\tdev\n")
+    with pytest.raises(SystemExit, match="dev queries among the train candidate lists .*'q1'"):
+        _script().main(["--work", str(work), "--folds", "2", "--out", str(out)])
+    (work / "splits" / "dev.qids").write_text("\ufeffdev1 note\n")
+    with pytest.raises(SystemExit, match="3 train queries cannot fill --folds 4"):
+        _script().main(["--work", str(work), "--folds", "4", "--out", str(out)])
+    with pytest.raises(SystemExit, match="not found"):
+        _script().main(["--work", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert not out.exists()
+    _script().main(["--work", str(work), "--folds", "3", "--out", str(out)])
+    assert _lines(out / "fold0.exclude.qids")[0] == "dev1"  # the qid alone, BOM and note dropped

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from retrieval_distill.data.formats import iter_lines, read_qids
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -42,11 +44,18 @@ def main(argv=None) -> None:
     if a.folds < 2:
         ap.error("--folds must be >= 2")
     work, out = Path(a.work), Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train = sorted({line.split()[0] for line in (work / "candidates" / "train.trec").read_text().splitlines() if line.strip()})
-    dev = [q.strip() for q in (work / "splits" / "dev.qids").read_text().splitlines() if q.strip()]
+    for need in (work / "candidates" / "train.trec", work / "splits" / "dev.qids"):
+        if not need.is_file():
+            raise SystemExit(f"{need}: not found (is --work {work} a make-demo work folder?)")
+    # qids files are read as everywhere else (first column, BOM stripped): a dev line "qid note"
+    # read whole would never match a train qid, and the overlap check would pass it
+    train = sorted({parts[0] for _, line in iter_lines(work / "candidates" / "train.trec") if (parts := line.split())})
+    dev = read_qids(work / "splits" / "dev.qids")
     if set(dev) & set(train):
-        raise SystemExit(f"{work}: dev queries among the train candidate lists")
+        raise SystemExit(f"{work}: dev queries among the train candidate lists (e.g. {sorted(set(dev) & set(train))[0]!r})")
+    if len(train) < a.folds:
+        raise SystemExit(f"{work}: {len(train)} train queries cannot fill --folds {a.folds} (a fold would hold out nothing)")
+    out.mkdir(parents=True, exist_ok=True)
     random.Random(a.seed).shuffle(train)
     n = len(train)
     folds = [set(train[i * n // a.folds:(i + 1) * n // a.folds]) for i in range(a.folds)]
