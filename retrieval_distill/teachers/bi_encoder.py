@@ -87,7 +87,8 @@ class BiEncoderTeacher:
         refuse_as_document_encoder(self.model_name, "give the model it was trained against as `model` and this one as "
                                    "the `query_model` option")
         query_model = opts.get("query_model")
-        doc_fp = model_fingerprint(self.model_name)
+        # the document model's weights fingerprint, read only when a query encoder is checked against it
+        doc_fp = model_fingerprint(self.model_name) if query_model or opts.get("cross_fit") is not None else ""
         if query_model:
             check_query_encoder(query_model, doc_fp, where=f"teacher {spec.display_name()}'s `model`")
         self.folds = self._load_folds(opts.get("cross_fit"), doc_fp, bool(query_model))

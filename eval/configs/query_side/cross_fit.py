@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from retrieval_distill.data.formats import iter_lines, read_qids
+from retrieval_distill.data.formats import iter_trec_run, read_qids
 
 
 def main(argv=None) -> None:
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
             raise SystemExit(f"{need}: not found (is --work {work} a make-demo work folder?)")
     # qids files are read as everywhere else (first column, BOM stripped): a dev line "qid note"
     # read whole would never match a train qid, and the overlap check would pass it
-    train = sorted({parts[0] for _, line in iter_lines(work / "candidates" / "train.trec") if (parts := line.split())})
+    train = sorted({qid for _, qid, *_ in iter_trec_run(work / "candidates" / "train.trec")})
     dev = read_qids(work / "splits" / "dev.qids")
     if set(dev) & set(train):
         raise SystemExit(f"{work}: dev queries among the train candidate lists (e.g. {sorted(set(dev) & set(train))[0]!r})")
