@@ -187,6 +187,11 @@ def test_query_side_student_trains_against_the_frozen_index(frozen):
     assert card["document_encoder"]["fingerprint"] == m.encoder.fingerprint
     assert card["document_encoder"]["corpus_fingerprint"] == m.corpus_fingerprint and card["document_encoder"]["n_docs"] == 82
     assert card["data"]["queries"] == 35 and card["data"]["candidates_per_query"] == pytest.approx(15.0)
+    # the queries it trained on, in the folder (a cross_fit teacher reads them)
+    trained = (frozen["student"] / "trained.qids").read_text().split("\n")[:-1]
+    assert card["trained_qids"] == {"file": "trained.qids", "count": 35} and len(trained) == 35
+    from retrieval_distill.data.collections import load_collection
+    assert sorted(trained) == sorted(load_collection(S.ADI, split="test").judged_qids())
     assert [e["epoch"] for e in card["dev_per_epoch"]] == [0.0, 1.0, 2.0]
     init, best = card["dev_per_epoch"][0]["dev_ndcg@10"], card["dev_selected"]["dev_ndcg@10"]
     assert best > init  # trained on these very queries: it must fit them better than the init
@@ -413,6 +418,17 @@ def test_a_query_side_student_as_a_bi_encoder_teachers_query_model(frozen, tmp_p
         build_teacher({"kind": "bi_encoder", "model": str(other), "options": {"query_model": str(frozen["student"])}})
 
 
+def _fold_student(frozen, folder, qids):
+    """The fixture's student (trained on all 35 ADI queries) as a fold student that says it
+    trained on ``qids`` only: its files linked, its own ``trained.qids`` rewritten."""
+    folder.mkdir()
+    for f in frozen["student"].iterdir():
+        if f.name != "trained.qids":
+            (folder / f.name).symlink_to(f)
+    (folder / "trained.qids").write_text("".join(q + "\n" for q in qids))
+    return folder
+
+
 def test_a_cross_fit_teacher_scores_each_query_with_the_students_that_did_not_train_on_it(frozen, tmp_path):
     """`cross_fit`: query q gets the mean cosine of the students whose trained_qids lack q. Two
     query encoders here, the student (said to have trained on qids A) and the init (on B):
@@ -425,7 +441,8 @@ def test_a_cross_fit_teacher_scores_each_query_with_the_students_that_did_not_tr
     a, b, rest = qids[:2], qids[2:4], qids[4:6]
     (tmp_path / "a.qids").write_text("".join(q + "\n" for q in a))
     (tmp_path / "b.qids").write_text("".join(f"{q} extra-column\n" for q in b))
-    folds = [{"query_model": str(frozen["student"]), "trained_qids": str(tmp_path / "a.qids")},
+    student_a = _fold_student(frozen, tmp_path / "student-a", a)
+    folds = [{"query_model": str(student_a), "trained_qids": str(tmp_path / "a.qids")},
              {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]
     t = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": folds}})
     docids = list(coll.corpus)[:3]
@@ -458,6 +475,46 @@ def test_a_cross_fit_teacher_scores_each_query_with_the_students_that_did_not_tr
         build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": folds[:1]}})
 
 
+def test_a_cross_fit_student_names_its_own_training_queries_and_a_wrong_fold_file_is_refused(frozen, tmp_path):
+    """A student's ``trained.qids`` (written by ``rd student train``) stands in for a left-out
+    ``trained_qids``, and is checked against a given one: a fold file that misses a query the
+    student trained on would let the teacher score that query with a student fit to its qrels.
+    A query every student trained on is refused by the scoring job before it writes anything."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.teachers.base import build_teacher
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    coll = load_collection(S.ADI, split="test")
+    qids = list(coll.queries)
+    a, b = qids[:2], qids[2:4]
+    student_a = str(_fold_student(frozen, tmp_path / "student-a", a))
+    (tmp_path / "b.qids").write_text("".join(q + "\n" for q in b))
+    (tmp_path / "a.qids").write_text("".join(q + "\n" for q in a))
+    (tmp_path / "a+.qids").write_text("".join(q + "\n" for q in a + qids[4:6]))
+    fold_b = {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}
+
+    def build(*folds):
+        return build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": list(folds)}})
+
+    own = build({"query_model": student_a}, fold_b)
+    given = build({"query_model": student_a, "trained_qids": str(tmp_path / "a.qids")}, fold_b)
+    assert own.folds[0]["trained"] == set(a) and own.folds[0]["fingerprint"] == given.folds[0]["fingerprint"]
+    # a superset is safe (the student just scores fewer queries): accepted
+    assert build({"query_model": student_a, "trained_qids": str(tmp_path / "a+.qids")}, fold_b).folds[0]["trained"] == set(a + qids[4:6])
+    with pytest.raises(ValueError, match=rf"trained on 2 queries that its trained_qids .*b.qids' does not list \(e.g. \['{a[0]}'"):
+        build({"query_model": student_a, "trained_qids": str(tmp_path / "b.qids")}, fold_b)
+    with pytest.raises(ValueError, match=r"cross_fit\[1\] has no trained_qids, and 'all-MiniLM-L6-v2' has no trained.qids"):
+        build({"query_model": student_a}, {"query_model": "all-MiniLM-L6-v2"})
+    with pytest.raises(ValueError, match="must have the key query_model"):
+        build({"query_model": student_a}, {"trained_qids": str(tmp_path / "b.qids")})
+    # a query both students trained on: refused before the score folder exists
+    both = build({"query_model": student_a}, {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "a+.qids")})
+    (tmp_path / "cands.txt").write_text(f"{qids[5]} {next(iter(coll.corpus))}\n{a[1]} {next(iter(coll.corpus))}\n")
+    with pytest.raises(ValueError, match=f"query '{a[1]}' is in every cross_fit student's trained_qids \\(1 such"):
+        score_candidates(both, tmp_path / "cands.txt", coll.queries, coll.doc_text, tmp_path / "scores", progress=False)
+    assert not (tmp_path / "scores").exists()
+
+
 def test_a_malformed_cross_fit_or_a_query_encoder_of_another_dimension_is_refused_when_built(frozen, tmp_path):
     """Refused at construction, not silently accepted or left to fail mid-scoring: an empty
     ``cross_fit`` (which read as "no cross-fitting" and gave a plain teacher), a qids file that
@@ -472,7 +529,7 @@ def test_a_malformed_cross_fit_or_a_query_encoder_of_another_dimension_is_refuse
     qids = list(coll.queries)
     (tmp_path / "a.qids").write_text("".join(q + "\n" for q in qids[:2]))
     (tmp_path / "b.qids").write_text("".join(q + "\n" for q in qids[2:4]))
-    folds = [{"query_model": str(frozen["student"]), "trained_qids": str(tmp_path / "a.qids")},
+    folds = [{"query_model": str(_fold_student(frozen, tmp_path / "student-a", qids[:2])), "trained_qids": str(tmp_path / "a.qids")},
              {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]
 
     def build(**opts):

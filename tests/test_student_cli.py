@@ -97,6 +97,9 @@ def test_train_leaf_aligned_student_on_synthetic_queries(scored, tmp_path):
     card = json.loads((out / "training_card.json").read_text())
     assert card["teacher"]["name"] == "bm25" and card["teacher"]["fingerprint"]
     assert card["data"]["examples"] == 20 and card["steps"] == 5
+    trained = (out / "trained.qids").read_text().split()  # the queries with an example, for a cross_fit teacher
+    # max_examples: 20 keeps 20 of the examples of 80 queries, so at most 20 queries were trained on
+    assert 0 < card["trained_qids"]["count"] == len(trained) == len(set(trained)) <= 20 < card["data"]["queries"]
     assert card["leaf"]["teacher_dim"] == 768 and card["leaf"]["projection_init"]["texts"] == 20
     assert [s["name"] for s in card["losses"]] == ["margin_mse", "leaf"]
     # the projection lives in the model folder: SentenceTransformer(path) gives 768-d vectors

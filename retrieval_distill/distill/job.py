@@ -327,11 +327,17 @@ def positive_texts_path(job: StudentJob) -> Path | None:
     return None
 
 
-def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
+def prepare_examples(job: StudentJob, with_qids: bool = False) -> tuple:
     """Check the inputs and build the training examples (no model is loaded here).
 
+    Args:
+        job: the student config.
+        with_qids: also return the qids of the queries with at least one example.
+
     Returns:
-        ``(examples, facts)``: facts for the training card (teacher, data, counts).
+        ``(examples, facts)``: facts for the training card (teacher, data, counts);
+        ``(examples, facts, qids)`` with ``with_qids``. (A qid counts as trained when its
+        query text is in an example; two queries with one text both count.)
 
     Raises:
         TeacherMismatchError, FileNotFoundError, IncompleteScores, DataFormatError,
@@ -390,6 +396,9 @@ def prepare_examples(job: StudentJob) -> tuple[list[dict], dict]:
             "examples": len(examples),
         },
     }
+    if with_qids:
+        texts = {ex["query"] for ex in examples}
+        return examples, facts, [q for q in with_cands if coll.queries[q] in texts]
     return examples, facts
 
 
@@ -557,7 +566,7 @@ def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool =
         from retrieval_distill.distill.query_side import train_query_side
 
         return train_query_side(job, show_progress=show_progress)
-    examples, facts = prepare_examples(job)
+    examples, facts, trained = prepare_examples(job, with_qids=True)
     cfg = _resolve_auto_scale(job.train, examples, facts)
     if any(s.name in embedding_losses() for s in cfg.losses):
         cfg = _prepare_leaf(job.model_copy(update={"train": cfg}), examples, facts)
@@ -569,7 +578,7 @@ def train_from_config(job: StudentJob | str | os.PathLike, show_progress: bool =
         facts["dev_judged_queries"] = len(dev_qids)
     evaluator = dev_evaluator(job.dev, collection=dev_coll) if job.dev is not None and job.dev.each_epoch else None
     out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator,
-                        keep_best=job.dev is not None and job.dev.keep == "best")
+                        keep_best=job.dev is not None and job.dev.keep == "best", trained_qids=trained)
     if job.dev is not None:
         update_card(out, dev_metrics=evaluate_dev(out, job.dev, collection=dev_coll))
     return out

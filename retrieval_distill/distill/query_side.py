@@ -190,8 +190,9 @@ def load_documents(documents: str | os.PathLike) -> FrozenDocuments:
     for folder in dict.fromkeys(tried):
         if not (folder / "encoding.json").is_file():
             continue
-        if folder != recorded and ("-len" in folder.name[len(base):]) != (want_len is not None):
-            continue  # named for another truncation; the key check below confirms the rest
+        if folder != recorded and "-len" in folder.name[len(base):] and want_len is None:
+            continue  # a truncated encoding for an index of the model's own length; the key check below
+            # confirms the rest (an unsuffixed folder serves a max_length equal to the model's own)
         docids, emb, key = load_encoding(folder)
         if (key.get("encoder_fingerprint") == m.encoder.fingerprint and key.get("corpus_fingerprint") == m.corpus_fingerprint
                 and docids == live and (key.get("dtype") or "fp32") == want_dtype
@@ -547,7 +548,7 @@ def train_query_side(job, show_progress: bool = True) -> Path:
         loss.learning_rate_mapping[rf"(^|\.){proj_idx}\.linear\.(weight|bias)$"] = spec.projection_lr
     examples = [{"query": coll.queries[q], "label": i} for i, q in enumerate(kept)]
     out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator,
-                        keep_best=job.dev is not None and job.dev.keep == "best", model=model, loss=loss)
+                        keep_best=job.dev is not None and job.dev.keep == "best", model=model, loss=loss, trained_qids=kept)
     if evaluator is not None:
         from retrieval_distill.evaluation.metrics import evaluate
 

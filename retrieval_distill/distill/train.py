@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,6 +77,9 @@ def build_loss(model, specs: list[LossSpec]):
     return L.CombinedLoss(model, terms)
 
 
+TRAINED_QIDS = "trained.qids"  # a model folder's training queries, one qid per line
+
+
 def train_student(
     cfg: TrainConfig,
     examples: list[dict],
@@ -87,6 +90,7 @@ def train_student(
     keep_best: bool = False,
     model=None,
     loss=None,
+    trained_qids: Sequence[str] | None = None,
 ) -> Path:
     """Train a student and save it to ``output_dir`` (a sentence-transformers folder).
 
@@ -106,6 +110,11 @@ def train_student(
         model: a prepared ``SentenceTransformer`` to train (``None`` loads ``cfg.init``);
             query-side training passes its query tower with a projection.
         loss: a prepared loss module (``None`` builds ``cfg.losses`` with :func:`build_loss`).
+        trained_qids: the qids of the training queries (str, in training order). Written to
+            the model folder as ``trained.qids`` (one per line) and counted in the card's
+            ``trained_qids``, so a teacher built from this model can tell its own training
+            queries from the ones it may score out of fold (the ``bi_encoder`` teacher's
+            ``cross_fit``).
 
     Raises:
         ValueError: ``keep_best`` without an evaluator.
@@ -207,6 +216,10 @@ def train_student(
         **({"dev_selected": selected} if selected is not None else {}),
         **(card or {}),
     }
+    if trained_qids is not None:
+        qids = list(dict.fromkeys(str(q) for q in trained_qids))
+        (tmp / TRAINED_QIDS).write_text("".join(q + "\n" for q in qids), encoding="utf-8")
+        info["trained_qids"] = {"file": TRAINED_QIDS, "count": len(qids)}
     write_json_atomic(tmp / "training_card.json", info)
     _plot_loss(history, tmp / "loss_curve.png", per_epoch, metric if evaluator is not None else None)
     if output_dir.exists():

@@ -23,7 +23,10 @@ Spec options:
     cross_fit (list of {query_model, trained_qids}): out-of-fold query encoders, instead of
         ``query_model``: K query-side students, each trained on the queries listed in its
         ``trained_qids`` file (one qid per line, first column), e.g. K folds of the training
-        queries. A query is scored by the mean cosine of the students that did NOT train on
+        queries. ``trained_qids`` may be left out for a student that ``rd student train``
+        wrote: its folder's ``trained.qids`` lists the queries it trained on. When both exist,
+        a query in the student's own list but not in ``trained_qids`` is refused (a fold file
+        of another student). A query is scored by the mean cosine of the students that did NOT train on
         it (the mean of their query vectors against the document), so a teacher built from
         students never scores a query whose qrels it was fit to: cross-fitting, the
         out-of-fold predictions of stacked generalisation (Wolpert 1992, "Stacked
@@ -47,6 +50,7 @@ import contextlib
 
 import numpy as np
 
+from retrieval_distill.distill.train import TRAINED_QIDS
 from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, resolve_teacher_dtype, spec_fingerprint
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
@@ -134,9 +138,6 @@ class BiEncoderTeacher:
         "trained": set of qids}]`` (empty without the option)."""
         if cross_fit is None:  # an empty list (or {}, false, "") is a malformed option, not "no cross-fitting"
             return []
-        from pathlib import Path
-
-        from retrieval_distill.data.formats import read_qids
         from retrieval_distill.distill.query_side import check_query_encoder
         from retrieval_distill.models.resolve import load_sentence_transformer, model_fingerprint
         from retrieval_distill.utils import fingerprint_obj
@@ -148,19 +149,27 @@ class BiEncoderTeacher:
             raise ValueError(f"{where}: `cross_fit` is a list of at least 2 {{query_model, trained_qids}} entries")
         folds = []
         for i, f in enumerate(cross_fit):
-            if not isinstance(f, dict) or set(f) != {"query_model", "trained_qids"}:
-                raise ValueError(f"{where}: cross_fit[{i}] must have exactly the keys query_model and trained_qids, got {f!r}")
-            qfile = Path(str(f["trained_qids"]))
-            if qfile.is_dir():
-                raise ValueError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} is a folder, not a qids file")
-            if not qfile.is_file():
-                raise FileNotFoundError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} does not exist")
-            # the reader of exclude_qids_file (UTF-8, BOM stripped): a BOM read as part of the first
-            # qid would let the student that trained on that query score it
-            trained = set(read_qids(qfile))
-            if not trained:
-                raise ValueError(f"{where}: cross_fit[{i}].trained_qids {str(qfile)!r} lists no qids; a student "
-                                 "trained on no query is not a cross-fit student (a fold file written wrong?)")
+            if not isinstance(f, dict) or "query_model" not in f or not set(f) <= {"query_model", "trained_qids"}:
+                raise ValueError(f"{where}: cross_fit[{i}] must have the key query_model and may have trained_qids, got {f!r}")
+            own = _own_trained_qids(f["query_model"], f"{where}: cross_fit[{i}]")
+            if f.get("trained_qids") is None:
+                if own is None:
+                    raise ValueError(
+                        f"{where}: cross_fit[{i}] has no trained_qids, and {f['query_model']!r} has no {TRAINED_QIDS} "
+                        "(a student trained before the card recorded its queries): give the fold's qids file as trained_qids"
+                    )
+                trained = set(own)
+            else:
+                trained = set(_read_trained_file(f["trained_qids"], f"{where}: cross_fit[{i}].trained_qids"))
+                if own is not None:  # the student says what it trained on: a wrong fold file is caught here
+                    unlisted = [q for q in own if q not in trained]
+                    if unlisted:
+                        raise ValueError(
+                            f"{where}: cross_fit[{i}].query_model {f['query_model']!r} trained on {len(unlisted)} queries "
+                            f"that its trained_qids {str(f['trained_qids'])!r} does not list (e.g. {unlisted[:3]}): the teacher "
+                            f"would score them with a student fit to their qrels. Is it the fold file of another student? "
+                            f"Leave trained_qids out to use the student's own {TRAINED_QIDS}."
+                        )
             check_query_encoder(f["query_model"], doc_fp, where=f"{where}'s `model`")
             folds.append({"model": load_sentence_transformer(f["query_model"]), "name": str(f["query_model"]),
                           "fingerprint": model_fingerprint(f["query_model"]) + fingerprint_obj(sorted(trained)),
@@ -299,6 +308,23 @@ class BiEncoderTeacher:
         p = pe[[pi[t] for t in passages]]
         return np.einsum("nd,nd->n", q, p).astype(np.float32)
 
+    def check_queries(self, qids) -> None:
+        """Refuse, before any scoring, a ``cross_fit`` teacher's query that every student
+        trained on (no student can score it out of fold). A no-op without ``cross_fit``.
+
+        Args:
+            qids: the qids the job will score (any iterable of str).
+
+        Raises:
+            ValueError: such a query (the message names one and counts them).
+        """
+        if not self.folds:
+            return
+        every = [q for q in dict.fromkeys(str(q) for q in qids) if all(q in f["trained"] for f in self.folds)]
+        if every:
+            raise ValueError(f"teacher {self.spec.display_name()}: query {every[0]!r} is in every cross_fit student's "
+                             f"trained_qids ({len(every)} such queries); no student can score it out of fold")
+
     def _cross_fit_queries(self, qids: list[str], queries: list[str]) -> list:
         """Cache each query's out-of-fold vector (mean of the students that did not train on
         it) under ``(qid, text)`` and return those keys, one per pair."""
@@ -307,10 +333,7 @@ class BiEncoderTeacher:
         if not todo:
             return keys
         eligible = {k: [i for i, f in enumerate(self.folds) if k[0] not in f["trained"]] for k in todo}
-        every = [k[0] for k, e in eligible.items() if not e]
-        if every:
-            raise ValueError(f"teacher {self.spec.display_name()}: query {every[0]!r} is in every cross_fit student's "
-                             f"trained_qids ({len(every)} such queries); no student can score it out of fold")
+        self.check_queries([k[0] for k, e in eligible.items() if not e])
         acc = {k: 0.0 for k in todo}
         for i, f in enumerate(self.folds):
             mine = [k for k in todo if i in eligible[k]]
@@ -358,3 +381,38 @@ class BiEncoderTeacher:
         q = np.stack([self._query_cache[t] for t in keys])
         p = np.stack([doc_vecs[d] for d in docids])
         return np.einsum("nd,nd->n", q, p).astype(np.float32)
+
+
+def _read_trained_file(path, where: str) -> list[str]:
+    """The qids of a ``trained_qids`` file (UTF-8, BOM stripped: the reader of
+    ``exclude_qids_file``; a BOM read as part of the first qid would let the student that
+    trained on that query score it).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a folder, or a file that lists no qid.
+    """
+    from pathlib import Path
+
+    from retrieval_distill.data.formats import read_qids
+
+    qfile = Path(str(path))
+    if qfile.is_dir():
+        raise ValueError(f"{where} {str(qfile)!r} is a folder, not a qids file")
+    if not qfile.is_file():
+        raise FileNotFoundError(f"{where} {str(qfile)!r} does not exist")
+    qids = read_qids(qfile)
+    if not qids:
+        raise ValueError(f"{where} {str(qfile)!r} lists no qids; a student trained on no query is not a cross-fit "
+                         "student (a fold file written wrong?)")
+    return qids
+
+
+def _own_trained_qids(model, where: str) -> list[str] | None:
+    """The qids a student folder says it trained on (its ``trained.qids``, written by
+    ``rd student train``), or ``None`` for a hub name or a folder without one."""
+    from pathlib import Path
+
+    folder = Path(str(model))
+    if not (folder / TRAINED_QIDS).is_file():
+        return None
+    return _read_trained_file(folder / TRAINED_QIDS, f"{where}: the student's own")

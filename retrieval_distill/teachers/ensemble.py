@@ -123,6 +123,18 @@ class EnsembleTeacher:
         checks = {m.spec.name or f"member-{i}": m.speed_check for i, m in enumerate(self.members) if getattr(m, "speed_check", None)}
         return checks or None
 
+    def check_queries(self, qids) -> None:
+        """Run every member's ``check_queries`` (a ``cross_fit`` bi-encoder refuses a query all
+        its students trained on) before the scoring job writes anything.
+
+        Raises:
+            ValueError: from a member.
+        """
+        qids = list(qids)
+        for m in self.members:
+            if callable(getattr(m, "check_queries", None)):
+                m.check_queries(qids)
+
     def check_speed(self, queries: list[str], passages: list[str]) -> dict | None:
         """Run the fp32 check of every member that has one (``check_speed``: the ColBERT
         teacher's bf16) on these pairs, before the scoring job's document pass, so no member's

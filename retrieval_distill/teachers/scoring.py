@@ -555,6 +555,8 @@ def score_candidates(
 
     Raises:
         DataFormatError: unknown qid or docid in the candidates (``file:line``).
+        ValueError: the teacher's ``check_queries`` refuses a query (a ``cross_fit``
+            bi-encoder: a query every one of its students trained on), before anything is written.
         ScoreFileMismatch: ``out_dir`` holds scores of another request.
         FolderBusyError: another scoring job is writing ``out_dir`` (a lock on
             ``out_dir/.lock``, released when that job ends or is killed).
@@ -582,6 +584,8 @@ def score_candidates(
 
     if not hasattr(teacher, "score"):
         teacher = build_teacher(teacher)
+    if callable(getattr(teacher, "check_queries", None)):  # e.g. a cross_fit query no student may score
+        teacher.check_queries(cands.pairs.keys())
     spec: TeacherSpec = teacher.spec
     name = spec.display_name()
     cand_fp = fingerprint_files([cands.source]) if Path(cands.source).is_file() else _pairs_fp(cands)
