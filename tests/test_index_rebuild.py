@@ -178,6 +178,11 @@ def test_builds_of_other_shard_sizes_do_not_share_an_encoding_cache(tmp_path):
     # `rd index verify` re-encodes a sample the way the index was built (16 tokens), so it passes
     r = runner.invoke(app, ["verify", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
+    # --max-length 256 is all-MiniLM-L6-v2's own limit: the same vectors, so the same folder
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "e"), "--shard-size", "32", "--max-length", "256"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name.split("-", 2)[-1] for p in enc.iterdir()) == ["len16-shard32", "shard32", "shard64"]
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
     r = runner.invoke(app, base + ["--out", str(tmp_path / "d"), "--max-length", "0"])
     assert r.exit_code == 2 and "max_length" in r.output and not (tmp_path / "d").exists(), r.output
 

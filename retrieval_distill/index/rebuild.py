@@ -290,8 +290,12 @@ def _cache_suffix(encoder, shard_size: int = DEFAULT_SHARD_SIZE, max_length: int
     ``-shardN`` for a shard size other than the default 1024: encodings of another dtype,
     truncation or shard size live in their own folder, so two builds of one corpus never share
     (or wipe each other's) shards; ``""`` for fp32, the model's own max length and 1024 (the
-    folder names written before any of these existed)."""
+    folder names written before any of these existed). A ``max_length`` equal to the model's
+    own limit (e.g. 256 for all-MiniLM-L6-v2) encodes the same vectors, so it shares the
+    unsuffixed folder rather than encoding the corpus again."""
     dtype = getattr(encoder, "dtype", "fp32")
+    if max_length is not None and max_length == getattr(encoder, "native_max_length", None):
+        max_length = None
     return (("" if dtype == "fp32" else f"-{dtype}") + ("" if max_length is None else f"-len{max_length}")
             + ("" if shard_size == DEFAULT_SHARD_SIZE else f"-shard{shard_size}"))
 

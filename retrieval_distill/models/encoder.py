@@ -103,6 +103,7 @@ class Encoder:
         self.model_name = str(model)
         self.query_model_name = str(query_model) if query_model else self.model_name
         self.doc_model = load_sentence_transformer(model)
+        self.native_max_length = self.doc_model.max_seq_length  # the model's own limit (tokens), before max_length
         if max_length:
             self.doc_model.max_seq_length = max_length
         self.query_model = (
