@@ -204,8 +204,17 @@ class Encoder:
         self.speed_check = {**res, "ok": True}
         return self.speed_check
 
-    def encode_queries(self, texts: list[str]) -> np.ndarray:
-        """Queries -> float32 array of shape (n, dim) (by ONNX Runtime after :meth:`use_onnx_queries`)."""
+    def encode_queries(self, texts: list[str], model=None) -> np.ndarray:
+        """Queries -> float32 array of shape (n, dim) (by ONNX Runtime after :meth:`use_onnx_queries`).
+
+        Args:
+            texts: n query texts.
+            model: another query tower (a loaded ``SentenceTransformer``) to encode with,
+                with this encoder's batch size and normalisation, e.g. one of a ``cross_fit``
+                teacher's fold students; ``None`` uses this encoder's query model.
+        """
+        if model is not None:
+            return self._encode(model, texts, progress=False)
         if self.query_onnx is not None and len(texts):
             return self.query_onnx.encode(list(texts))
         return self._encode(self.query_model, texts, progress=len(texts) > 1000)

@@ -340,7 +340,7 @@ class BiEncoderTeacher:
             if not mine:
                 continue
             with self._autocast():
-                vec = self.encoder._encode(f["model"], [k[1] for k in mine], progress=False)
+                vec = self.encoder.encode_queries([k[1] for k in mine], model=f["model"])
             for k, v in zip(mine, np.asarray(vec, dtype=np.float32)):
                 acc[k] = acc[k] + v / len(eligible[k])
         for k in todo:
