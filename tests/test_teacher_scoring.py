@@ -17,6 +17,7 @@ from retrieval_distill.evaluation.runs import read_run
 from retrieval_distill.teachers.scoring import (
     Candidates,
     ScoreFileMismatch,
+    load_manifest,
     read_candidates,
     read_scores,
     score_candidates,
@@ -82,6 +83,16 @@ def test_scores_match_teacher_and_manifest(adi, adi_bm25_run, teacher, tmp_path)
     m2 = score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, corpus_ids=adi.corpus, queries_per_shard=10, progress=False)
     assert m2["last_run"]["new_pairs"] == 0 and m2["complete"] and m2["completed_shards"] == m["completed_shards"]
     assert before == {p.name: p.read_bytes() for p in [*out.glob("part-*.parquet"), out / "manifest.json"]}
+    # the same candidates at another path: still nothing scored, and the manifest names the new path
+    import shutil
+
+    (tmp_path / "moved").mkdir()
+    moved = tmp_path / "moved" / Path(adi_bm25_run[1]).name  # the fingerprint reads the name and the bytes
+    shutil.copy(adi_bm25_run[1], moved)
+    m3 = score_candidates(teacher, moved, adi.queries, adi.doc_text, out, corpus_ids=adi.corpus, queries_per_shard=10, progress=False)
+    assert m3["last_run"]["new_pairs"] == 0 and m3["candidates"] == str(moved.resolve())
+    assert load_manifest(out)["candidates"] == str(moved.resolve())
+    assert {k: v for k, v in before.items() if k != "manifest.json"} == {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
 
 
 def test_rerun_into_a_finished_read_only_folder_is_a_no_op(adi, adi_bm25_run, teacher, tmp_path, monkeypatch):
@@ -99,6 +110,13 @@ def test_rerun_into_a_finished_read_only_folder_is_a_no_op(adi, adi_bm25_run, te
     monkeypatch.setattr(scoring, "write_json_atomic", refuse)
     m = score_candidates(teacher, adi_bm25_run[1], adi.queries, adi.doc_text, out, **kw)
     assert m["complete"] and m["last_run"]["new_pairs"] == 0 and len(read_scores(out)) == 350
+    # the same candidates moved elsewhere: still reused; the new path cannot be recorded here
+    import shutil
+
+    (tmp_path / "moved").mkdir()
+    shutil.copy(adi_bm25_run[1], tmp_path / "moved")
+    m = score_candidates(teacher, tmp_path / "moved" / Path(adi_bm25_run[1]).name, adi.queries, adi.doc_text, out, **kw)
+    assert m["complete"] and m["last_run"]["new_pairs"] == 0 and m["candidates"] == str(Path(adi_bm25_run[1]).resolve())
     # a shard whose bytes changed is not trusted: the job goes on to redo it (and here, where
     # nothing may be written, fails on its first write instead of returning stale scores)
     p = out / "part-00001.parquet"

@@ -628,6 +628,15 @@ def score_candidates(
             # a finished folder is verified and left untouched (no manifest rewrite), so a
             # rerun into a finished, read-only score folder is a no-op, not an error
             log.info("%s: complete (%d shards, SHA-256 verified); nothing to score", out, len(shards))
+            if manifest.get("candidates") != request["candidates"]:
+                # the same candidate bytes read from another path (a moved or copied file): record
+                # where they are now, so the manifest does not name a file that may be gone; on
+                # storage this job cannot write, the old path stays (the fingerprint matches)
+                try:
+                    write_json_atomic(out / MANIFEST, {**manifest, "candidates": request["candidates"]})
+                    manifest = {**manifest, "candidates": request["candidates"]}
+                except OSError as e:
+                    log.warning("%s: cannot record the candidates' new path %s (%s)", out, request["candidates"], e)
             return {**manifest, "last_run": {"backend": backend, "new_pairs": 0, "seconds": 0.0, "seconds_with_document_pass": 0.0,
                                              "pairs_per_s": None, "pairs_per_s_with_document_pass": None}}  # fmt: skip
         long_n, long_ex = _count_long_queries(teacher, dict.fromkeys(q for s in shards for q in s.queries))
