@@ -554,3 +554,27 @@ def test_a_malformed_cross_fit_or_a_query_encoder_of_another_dimension_is_refuse
     args = ([qids[0]] * 3, [coll.queries[qids[0]]] * 3, docids, [coll.doc_text(d) for d in docids])
     bom = build(cross_fit=[{**folds[0], "trained_qids": str(tmp_path / "a-bom.qids")}, folds[1]])
     np.testing.assert_allclose(bom.score_ids(*args), build().score_ids(*args), atol=1e-6)
+
+
+def test_a_cross_fit_student_named_with_a_home_path_still_uses_its_own_trained_qids(frozen, tmp_path, monkeypatch):
+    """``~/student`` loads the student (the model resolver expands ``~``), so its own
+    ``trained.qids`` (and card) must be read from that same folder: read from the literal path
+    ``~/student`` it was missed, a left-out trained_qids was refused as "has no trained.qids"
+    and a given fold file of another student was silently accepted."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.teachers.base import build_teacher
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    qids = list(load_collection(S.ADI, split="test").queries)
+    a, b = qids[:2], qids[2:4]
+    _fold_student(frozen, tmp_path / "student-a", a)
+    (tmp_path / "b.qids").write_text("".join(q + "\n" for q in b))
+    fold_b = {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}
+
+    def build(*folds):
+        return build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": list(folds)}})
+
+    assert build({"query_model": "~/student-a"}, fold_b).folds[0]["trained"] == set(a)
+    with pytest.raises(ValueError, match=r"trained on 2 queries that its trained_qids .*b.qids' does not list"):
+        build({"query_model": "~/student-a", "trained_qids": str(tmp_path / "b.qids")}, fold_b)
+

@@ -231,7 +231,7 @@ def read_card(model: str | os.PathLike | None) -> dict | None:
     """
     if model is None:
         return None
-    p = Path(str(model)) / CARD
+    p = Path(str(model)).expanduser() / CARD  # the folder the model loads from (resolve_model expands ``~``)
     if not p.is_file():
         return None
     try:

@@ -412,7 +412,7 @@ def _own_trained_qids(model, where: str) -> list[str] | None:
     ``rd student train``), or ``None`` for a hub name or a folder without one."""
     from pathlib import Path
 
-    folder = Path(str(model))
+    folder = Path(str(model)).expanduser()  # the folder the model loads from (resolve_model expands ``~``)
     if not (folder / TRAINED_QIDS).is_file():
         return None
     return _read_trained_file(folder / TRAINED_QIDS, f"{where}: the student's own")
