@@ -578,3 +578,34 @@ def test_a_cross_fit_student_named_with_a_home_path_still_uses_its_own_trained_q
     with pytest.raises(ValueError, match=r"trained on 2 queries that its trained_qids .*b.qids' does not list"):
         build({"query_model": "~/student-a", "trained_qids": str(tmp_path / "b.qids")}, fold_b)
 
+
+def test_a_student_initialised_from_a_student_lists_the_inits_training_queries_too(frozen, tmp_path):
+    """A student trained from another student's weights (``train.init``) is also fit to the
+    queries that student trained on: its ``trained.qids`` must list them, or a ``cross_fit``
+    teacher would score them with it."""
+    cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "student2"), dev=None,
+                  qids_file=str(tmp_path / "few.qids"))
+    from retrieval_distill.data.collections import load_collection
+
+    judged = load_collection(S.ADI, split="test").judged_qids()
+    (tmp_path / "few.qids").write_text("".join(q + "\n" for q in judged[:4]))
+    cfg["train"] = {**cfg["train"], "init": str(frozen["student"]), "epochs": 1}
+    (tmp_path / "qs.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "qs.yaml")])
+    assert out.exit_code == 0, out.output
+    trained = (tmp_path / "student2" / "trained.qids").read_text().split()
+    assert set(trained) == set(judged)  # the init (the fixture's student) trained on all 35
+    card = json.loads((tmp_path / "student2" / "training_card.json").read_text())
+    assert card["trained_qids"]["count"] == len(judged)
+    # an init student that does not list its queries: unknown, so no list rather than a short one
+    old = tmp_path / "old-student"
+    old.mkdir()
+    for f in frozen["student"].iterdir():
+        if f.name != "trained.qids":
+            (old / f.name).symlink_to(f)
+    cfg["train"]["init"], cfg["output"] = str(old), str(tmp_path / "student3")
+    (tmp_path / "qs.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "qs.yaml")])
+    assert out.exit_code == 0, out.output
+    assert not (tmp_path / "student3" / "trained.qids").exists()
+    assert json.loads((tmp_path / "student3" / "training_card.json").read_text())["trained_qids"] is None

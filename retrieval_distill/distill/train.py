@@ -80,6 +80,23 @@ def build_loss(model, specs: list[LossSpec]):
 TRAINED_QIDS = "trained.qids"  # a model folder's training queries, one qid per line
 
 
+def init_trained_qids(init) -> list[str] | None:
+    """The queries an initialisation's weights were already fit to: its ``trained.qids`` for a
+    student folder written by ``rd student train`` (a student trained from a student is fit
+    to both lists), ``[]`` for a model that is no student of this project (a hub name, an
+    alias, a folder without a training card), ``None`` for a student folder with a card but no
+    ``trained.qids`` (trained before the list was written: unknown).
+    """
+    from retrieval_distill.data.formats import read_qids
+
+    folder = Path(str(init)).expanduser()
+    if (folder / TRAINED_QIDS).is_file():
+        return read_qids(folder / TRAINED_QIDS)
+    if (folder / "training_card.json").is_file():
+        return None
+    return []
+
+
 def train_student(
     cfg: TrainConfig,
     examples: list[dict],
@@ -114,7 +131,10 @@ def train_student(
             the model folder as ``trained.qids`` (one per line) and counted in the card's
             ``trained_qids``, so a teacher built from this model can tell its own training
             queries from the ones it may score out of fold (the ``bi_encoder`` teacher's
-            ``cross_fit``).
+            ``cross_fit``). The queries of a student ``cfg.init`` (its own ``trained.qids``) are
+            added: these weights were fit to them too. An init student without that list
+            leaves the card's ``trained_qids`` null and writes no file (see
+            :func:`init_trained_qids`).
 
     Raises:
         ValueError: ``keep_best`` without an evaluator.
@@ -217,9 +237,16 @@ def train_student(
         **(card or {}),
     }
     if trained_qids is not None:
-        qids = list(dict.fromkeys(str(q) for q in trained_qids))
-        (tmp / TRAINED_QIDS).write_text("".join(q + "\n" for q in qids), encoding="utf-8")
-        info["trained_qids"] = {"file": TRAINED_QIDS, "count": len(qids)}
+        inherited = init_trained_qids(cfg.init)
+        if inherited is None:  # weights fit to queries nobody listed: no list rather than a short one
+            info["trained_qids"] = None
+            info["trained_qids_unknown"] = (f"init {cfg.init!r} is a trained student without {TRAINED_QIDS}: the queries "
+                                            "its weights were fit to are unknown, so this model lists none")
+        else:
+            qids = list(dict.fromkeys([*(str(q) for q in trained_qids), *inherited]))
+            (tmp / TRAINED_QIDS).write_text("".join(q + "\n" for q in qids), encoding="utf-8")
+            info["trained_qids"] = {"file": TRAINED_QIDS, "count": len(qids),
+                                    **({"from_init": len(qids) - len(set(map(str, trained_qids)))} if inherited else {})}
     write_json_atomic(tmp / "training_card.json", info)
     _plot_loss(history, tmp / "loss_curve.png", per_epoch, metric if evaluator is not None else None)
     if output_dir.exists():
