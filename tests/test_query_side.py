@@ -609,3 +609,36 @@ def test_a_student_initialised_from_a_student_lists_the_inits_training_queries_t
     assert out.exit_code == 0, out.output
     assert not (tmp_path / "student3" / "trained.qids").exists()
     assert json.loads((tmp_path / "student3" / "training_card.json").read_text())["trained_qids"] is None
+
+
+def test_a_cross_fit_teacher_refuses_the_queries_its_document_model_trained_on(frozen, tmp_path):
+    """A document ``model`` that is itself a student (its ``trained.qids``) was fit to those
+    queries' qrels: scoring them against its documents is not out of fold, whichever query
+    student scores them. Refused, by the scoring job before it writes anything."""
+    import os
+    import shutil
+
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.models.resolve import resolve_model
+    from retrieval_distill.teachers.base import build_teacher
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    coll = load_collection(S.ADI, split="test")
+    qids = list(coll.queries)
+    a, b, rest = qids[:2], qids[2:4], qids[4:6]
+    # the document model: all-MiniLM-L6-v2's weights (same fingerprint) in a folder that says it trained on `rest`
+    docs = tmp_path / "doc-student"
+    shutil.copytree(resolve_model("all-MiniLM-L6-v2"), docs, copy_function=os.symlink)
+    (docs / "trained.qids").write_text("".join(q + "\n" for q in rest))
+    (tmp_path / "b.qids").write_text("".join(q + "\n" for q in b))
+    t = build_teacher({"kind": "bi_encoder", "model": str(docs), "options": {"cross_fit": [
+        {"query_model": str(_fold_student(frozen, tmp_path / "student-a", a))},
+        {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]}})
+    d = next(iter(coll.corpus))
+    assert t.score_ids([a[0]], [coll.queries[a[0]]], [d], [coll.doc_text(d)]).shape == (1,)
+    with pytest.raises(ValueError, match=f"query '{rest[0]}' is in the trained.qids of the document `model`"):
+        t.score_ids([rest[0]], [coll.queries[rest[0]]], [d], [coll.doc_text(d)])
+    (tmp_path / "cands.txt").write_text(f"{a[0]} {d}\n{rest[1]} {d}\n")
+    with pytest.raises(ValueError, match=f"query '{rest[1]}' is in the trained.qids of the document `model`"):
+        score_candidates(t, tmp_path / "cands.txt", coll.queries, coll.doc_text, tmp_path / "scores", progress=False)
+    assert not (tmp_path / "scores").exists()

@@ -26,7 +26,8 @@ Spec options:
         queries. ``trained_qids`` may be left out for a student that ``rd student train``
         wrote: its folder's ``trained.qids`` lists the queries it trained on. When both exist,
         a query in the student's own list but not in ``trained_qids`` is refused (a fold file
-        of another student). A query is scored by the mean cosine of the students that did NOT train on
+        of another student). A query in the ``trained.qids`` of ``model`` (a document encoder
+        that is itself a student) is refused too. A query is scored by the mean cosine of the students that did NOT train on
         it (the mean of their query vectors against the document), so a teacher built from
         students never scores a query whose qrels it was fit to: cross-fitting, the
         out-of-fold predictions of stacked generalisation (Wolpert 1992, "Stacked
@@ -96,6 +97,10 @@ class BiEncoderTeacher:
         if query_model:
             check_query_encoder(query_model, doc_fp, where=f"teacher {spec.display_name()}'s `model`")
         self.folds = self._load_folds(opts.get("cross_fit"), doc_fp, bool(query_model))
+        # a document model that is itself a student (its trained.qids) was fit to those queries'
+        # qrels: no fold student scores them out of fold against its documents
+        self.doc_trained = set(_own_trained_qids(self.model_name, f"teacher {spec.display_name()}: `model`") or []) \
+            if self.folds else set()
         self.encoder = Encoder(
             self.model_name,
             query_model=query_model,
@@ -320,10 +325,16 @@ class BiEncoderTeacher:
         """
         if not self.folds:
             return
-        every = [q for q in dict.fromkeys(str(q) for q in qids) if all(q in f["trained"] for f in self.folds)]
+        qids = list(dict.fromkeys(str(q) for q in qids))
+        every = [q for q in qids if all(q in f["trained"] for f in self.folds)]
         if every:
             raise ValueError(f"teacher {self.spec.display_name()}: query {every[0]!r} is in every cross_fit student's "
                              f"trained_qids ({len(every)} such queries); no student can score it out of fold")
+        docs = [q for q in qids if q in self.doc_trained]
+        if docs:
+            raise ValueError(f"teacher {self.spec.display_name()}: query {docs[0]!r} is in the {TRAINED_QIDS} of the document "
+                             f"`model` {self.model_name!r} ({len(docs)} such queries): its documents were fit to that "
+                             "query's qrels, so no student can score it out of fold against them")
 
     def _cross_fit_queries(self, qids: list[str], queries: list[str]) -> list:
         """Cache each query's out-of-fold vector (mean of the students that did not train on
@@ -333,7 +344,7 @@ class BiEncoderTeacher:
         if not todo:
             return keys
         eligible = {k: [i for i, f in enumerate(self.folds) if k[0] not in f["trained"]] for k in todo}
-        self.check_queries([k[0] for k, e in eligible.items() if not e])
+        self.check_queries([k[0] for k in todo])
         acc = {k: 0.0 for k in todo}
         for i, f in enumerate(self.folds):
             mine = [k for k in todo if i in eligible[k]]
