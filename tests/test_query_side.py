@@ -609,6 +609,12 @@ def test_a_student_initialised_from_a_student_lists_the_inits_training_queries_t
     assert out.exit_code == 0, out.output
     assert not (tmp_path / "student3" / "trained.qids").exists()
     assert json.loads((tmp_path / "student3" / "training_card.json").read_text())["trained_qids"] is None
+    from retrieval_distill.teachers.base import build_teacher
+
+    (tmp_path / "b.qids").write_text(judged[5] + "\n")
+    with pytest.raises(ValueError, match=r"has no trained.qids \(init .*old-student' is a trained student without trained.qids"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": [
+            {"query_model": str(tmp_path / "student3")}, {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]}})
 
 
 def test_a_cross_fit_teacher_refuses_the_queries_its_document_model_trained_on(frozen, tmp_path):

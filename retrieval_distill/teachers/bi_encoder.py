@@ -159,9 +159,13 @@ class BiEncoderTeacher:
             own = _own_trained_qids(f["query_model"], f"{where}: cross_fit[{i}]")
             if f.get("trained_qids") is None:
                 if own is None:
+                    from retrieval_distill.distill.query_side import read_card
+
+                    why = (read_card(f["query_model"]) or {}).get("trained_qids_unknown")
                     raise ValueError(
                         f"{where}: cross_fit[{i}] has no trained_qids, and {f['query_model']!r} has no {TRAINED_QIDS} "
-                        "(a student trained before the card recorded its queries): give the fold's qids file as trained_qids"
+                        + (f"({why})" if why else "(a student trained before the card recorded its queries)")
+                        + ": give the fold's qids file as trained_qids"
                     )
                 trained = set(own)
             else:
