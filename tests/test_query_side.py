@@ -648,3 +648,34 @@ def test_a_cross_fit_teacher_refuses_the_queries_its_document_model_trained_on(f
     with pytest.raises(ValueError, match=f"query '{rest[1]}' is in the trained.qids of the document `model`"):
         score_candidates(t, tmp_path / "cands.txt", coll.queries, coll.doc_text, tmp_path / "scores", progress=False)
     assert not (tmp_path / "scores").exists()
+
+
+def test_a_two_tower_student_is_refused_as_a_cross_fit_student(frozen, tmp_path):
+    """``rd student train`` writes trained.qids for two-tower students too, so such a folder fits
+    a ``cross_fit`` entry without trained_qids; but its query vectors belong with its own
+    document tower, and scored against ``model``'s documents the teacher's scores were silently
+    neither the student's nor the model's. Refused when built."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.index.manifest import EncoderMismatchError
+    from retrieval_distill.teachers.base import build_teacher
+
+    qids = list(load_collection(S.ADI, split="test").queries)
+    # the fixture's weights with a two-tower card (no `mode: query_side`)
+    tt = tmp_path / "two-tower"
+    tt.mkdir()
+    for f in frozen["student"].iterdir():
+        if f.name not in ("trained.qids", "training_card.json"):
+            (tt / f.name).symlink_to(f)
+    card = json.loads((frozen["student"] / "training_card.json").read_text())
+    card.pop("mode"), card.pop("document_encoder")
+    (tt / "training_card.json").write_text(json.dumps(card))
+    (tt / "trained.qids").write_text("".join(q + "\n" for q in qids[:2]))
+    (tmp_path / "b.qids").write_text("".join(q + "\n" for q in qids[2:4]))
+    fold_b = {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}
+    with pytest.raises(EncoderMismatchError, match=r"cross_fit\[0\].query_model .*two-tower' is a two-tower student"):
+        build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": [{"query_model": str(tt)}, fold_b]}})
+    # with its own document tower as `model` (the same weights), it is accepted
+    (tmp_path / "ab.qids").write_text("".join(q + "\n" for q in qids[:4]))
+    t = build_teacher({"kind": "bi_encoder", "model": str(tt), "options": {"cross_fit": [
+        {"query_model": str(tt)}, {"query_model": str(tt), "trained_qids": str(tmp_path / "ab.qids")}]}})
+    assert [f["trained"] for f in t.folds] == [set(qids[:2]), set(qids[:4])]

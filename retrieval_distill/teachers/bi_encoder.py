@@ -33,7 +33,9 @@ Spec options:
         out-of-fold predictions of stacked generalisation (Wolpert 1992, "Stacked
         Generalization", Neural Networks 5(2)). A query outside every file (dev, test) gets
         all K. Scoring needs qids (:meth:`score_ids`; :meth:`score` refuses); a query every
-        student trained on is an error. Each student is checked like ``query_model``.
+        student trained on is an error. Each student is checked like ``query_model``; a
+        two-tower student (a card without ``mode: query_side``) of other weights than
+        ``model`` is refused (its queries belong with its own document tower).
     embeddings (str | None): an encoding folder of this model over the corpus (written by
         ``rd index build`` / the pipeline's ``encode_corpus``: ``OUT/encodings/<key>``);
         its document vectors are preloaded, so no document is encoded again. Refused when
@@ -143,7 +145,7 @@ class BiEncoderTeacher:
         "trained": set of qids}]`` (empty without the option)."""
         if cross_fit is None:  # an empty list (or {}, false, "") is a malformed option, not "no cross-fitting"
             return []
-        from retrieval_distill.distill.query_side import check_query_encoder
+        from retrieval_distill.distill.query_side import check_query_encoder, read_card
         from retrieval_distill.models.resolve import load_sentence_transformer, model_fingerprint
         from retrieval_distill.utils import fingerprint_obj
 
@@ -180,6 +182,17 @@ class BiEncoderTeacher:
                             f"Leave trained_qids out to use the student's own {TRAINED_QIDS}."
                         )
             check_query_encoder(f["query_model"], doc_fp, where=f"{where}'s `model`")
+            card = read_card(f["query_model"])
+            if card is not None and card.get("mode") != "query_side" and model_fingerprint(f["query_model"]) != doc_fp:
+                from retrieval_distill.index.manifest import EncoderMismatchError
+
+                # a two-tower student's query vectors belong with its own document tower: against
+                # `model`'s documents its scores would be neither its own nor the model's
+                raise EncoderMismatchError(
+                    f"{where}: cross_fit[{i}].query_model {f['query_model']!r} is a two-tower student (its card has no "
+                    f"`mode: query_side`): it encodes its own documents, not those of `model` {self.model_name!r}; "
+                    "cross_fit students are query-side students trained against `model`'s documents"
+                )
             folds.append({"model": load_sentence_transformer(f["query_model"]), "name": str(f["query_model"]),
                           "fingerprint": model_fingerprint(f["query_model"]) + fingerprint_obj(sorted(trained)),
                           "trained": trained})
