@@ -609,6 +609,18 @@ def test_a_student_initialised_from_a_student_lists_the_inits_training_queries_t
     assert out.exit_code == 0, out.output
     assert not (tmp_path / "student3" / "trained.qids").exists()
     assert json.loads((tmp_path / "student3" / "training_card.json").read_text())["trained_qids"] is None
+    # a training checkpoint (<output>.ckpt/checkpoint-N: trainer_state.json, no card) is no less trained
+    ckpt = tmp_path / "student.ckpt" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    for f in frozen["student"].iterdir():
+        if f.name not in ("trained.qids", "training_card.json"):
+            (ckpt / f.name).symlink_to(f)
+    (ckpt / "trainer_state.json").write_text("{}")
+    cfg["train"]["init"], cfg["output"] = str(ckpt), str(tmp_path / "student4")
+    (tmp_path / "qs.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "qs.yaml")])
+    assert out.exit_code == 0, out.output
+    assert not (tmp_path / "student4" / "trained.qids").exists()
     from retrieval_distill.teachers.base import build_teacher
 
     (tmp_path / "b.qids").write_text(judged[5] + "\n")

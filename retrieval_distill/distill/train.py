@@ -85,15 +85,16 @@ def init_trained_qids(init) -> list[str] | None:
     student folder written by ``rd student train`` (a student trained from a student is fit
     to both lists), ``[]`` for a model that is no student of this project (a hub name, an
     alias, a folder without a training card), ``None`` for a student folder with a card but no
-    ``trained.qids`` (trained before the list was written: unknown).
+    ``trained.qids`` (trained before the list was written) or a training checkpoint (its
+    ``trainer_state.json``; the queries are in the finished model's folder): unknown.
     """
     from retrieval_distill.data.formats import read_qids
 
     folder = Path(str(init)).expanduser()
     if (folder / TRAINED_QIDS).is_file():
         return read_qids(folder / TRAINED_QIDS)
-    if (folder / "training_card.json").is_file():
-        return None
+    if (folder / "training_card.json").is_file() or (folder / "trainer_state.json").is_file():
+        return None  # a student, or a training checkpoint (``<output>.ckpt/checkpoint-N``), that lists no queries
     return []
 
 
