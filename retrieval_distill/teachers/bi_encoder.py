@@ -161,8 +161,6 @@ class BiEncoderTeacher:
             own = _own_trained_qids(f["query_model"], f"{where}: cross_fit[{i}]")
             if f.get("trained_qids") is None:
                 if own is None:
-                    from retrieval_distill.distill.query_side import read_card
-
                     why = (read_card(f["query_model"]) or {}).get("trained_qids_unknown")
                     raise ValueError(
                         f"{where}: cross_fit[{i}] has no trained_qids, and {f['query_model']!r} has no {TRAINED_QIDS} "
