@@ -387,7 +387,7 @@ def test_unlabeled_queries_are_kept_for_the_teacher_terms(frozen, tmp_path):
     assert d["candidates_per_query"] == pytest.approx(15.0)  # the unlabeled ones keep their teacher lists
 
 
-def test_a_query_side_student_as_a_bi_encoder_teachers_query_model(frozen, tmp_path):
+def test_a_query_side_student_as_a_bi_encoder_teachers_query_model(frozen, tmp_path, caplog):
     """A born-again teacher: the student's queries over the init's document vectors, the pair the
     student was trained as; the student as `model` (documents), or with another document
     model, is refused."""
@@ -409,6 +409,19 @@ def test_a_query_side_student_as_a_bi_encoder_teachers_query_model(frozen, tmp_p
     np.testing.assert_allclose(got, (d @ q[0]).astype(np.float32), atol=1e-5)
     plain = build_teacher({"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"})
     assert t.fingerprint != plain.fingerprint  # the score file tells the two teachers apart
+    # scoring the student's own training queries (its trained.qids: all 35) works, with a warning
+    import logging
+
+    from retrieval_distill.teachers.scoring import score_candidates
+
+    (tmp_path / "cands.txt").write_text(f"{qid} {docids[0]}\n")
+    with caplog.at_level(logging.WARNING, logger="retrieval_distill.teachers.bi_encoder"):
+        m = score_candidates(t, tmp_path / "cands.txt", coll.queries, coll.doc_text, tmp_path / "s", progress=False)
+    assert m["complete"] and f"1 of the 1 queries to score are in the trained.qids of its model or query_model (e.g. '{qid}')" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retrieval_distill.teachers.bi_encoder"):
+        score_candidates(plain, tmp_path / "cands.txt", coll.queries, coll.doc_text, tmp_path / "s-plain", progress=False)
+    assert "trained.qids" not in caplog.text  # the init lists no training queries
     with pytest.raises(EncoderMismatchError, match="is a query-side student"):
         build_teacher({"kind": "bi_encoder", "model": str(frozen["student"])})
     other = tmp_path / "other"

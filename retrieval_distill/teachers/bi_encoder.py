@@ -50,6 +50,7 @@ Spec options:
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 
@@ -57,6 +58,7 @@ from retrieval_distill.distill.train import TRAINED_QIDS
 from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, resolve_teacher_dtype, spec_fingerprint
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
+log = logging.getLogger(__name__)
 
 
 @register_teacher("bi_encoder")
@@ -101,8 +103,11 @@ class BiEncoderTeacher:
         self.folds = self._load_folds(opts.get("cross_fit"), doc_fp, bool(query_model))
         # a document model that is itself a student (its trained.qids) was fit to those queries'
         # qrels: no fold student scores them out of fold against its documents
-        self.doc_trained = set(_own_trained_qids(self.model_name, f"teacher {spec.display_name()}: `model`") or []) \
-            if self.folds else set()
+        self.doc_trained = set(_own_trained_qids(self.model_name, f"teacher {spec.display_name()}: `model`") or [])
+        # without cross_fit: the queries this teacher's own towers were trained on (a warning, not an error:
+        # a born-again teacher on its training queries is a legitimate, if useless, experiment)
+        q_trained = (_own_trained_qids(query_model, f"teacher {spec.display_name()}: `query_model`") or []) if query_model else []
+        self.own_trained = set() if self.folds else self.doc_trained | set(q_trained)
         self.encoder = Encoder(
             self.model_name,
             query_model=query_model,
@@ -330,7 +335,10 @@ class BiEncoderTeacher:
 
     def check_queries(self, qids) -> None:
         """Refuse, before any scoring, a ``cross_fit`` teacher's query that every student
-        trained on (no student can score it out of fold). A no-op without ``cross_fit``.
+        trained on (no student can score it out of fold), or one the document ``model`` (a
+        student) trained on. Without ``cross_fit``, log a warning when ``model`` or
+        ``query_model`` lists some of ``qids`` in its ``trained.qids`` (a teacher scoring its
+        own training queries).
 
         Args:
             qids: the qids the job will score (any iterable of str).
@@ -338,9 +346,15 @@ class BiEncoderTeacher:
         Raises:
             ValueError: such a query (the message names one and counts them).
         """
-        if not self.folds:
-            return
         qids = list(dict.fromkeys(str(q) for q in qids))
+        if not self.folds:
+            seen = [q for q in qids if q in self.own_trained]
+            if seen:
+                log.warning("teacher %s: %d of the %d queries to score are in the %s of its model or query_model (e.g. %r): "
+                            "a model scoring its own training queries restates their qrels (a born-again teacher gave its "
+                            "student nothing on SciFact, eval/reports/query_side.md, session 24); the cross_fit option scores "
+                            "them out of fold", self.spec.display_name(), len(seen), len(qids), TRAINED_QIDS, seen[0])
+            return
         every = [q for q in qids if all(q in f["trained"] for f in self.folds)]
         if every:
             raise ValueError(f"teacher {self.spec.display_name()}: query {every[0]!r} is in every cross_fit student's "
