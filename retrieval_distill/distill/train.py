@@ -80,6 +80,13 @@ def build_loss(model, specs: list[LossSpec]):
 TRAINED_QIDS = "trained.qids"  # a model folder's training queries, one qid per line
 
 
+def trained_qids_file(model) -> Path | None:
+    """A model folder's ``trained.qids`` (the folder the model loads from: ``~`` expanded, as
+    ``resolve_model`` does), or ``None`` for a hub name, an alias or a folder without one."""
+    path = Path(str(model)).expanduser() / TRAINED_QIDS
+    return path if path.is_file() else None
+
+
 def init_trained_qids(init) -> list[str] | None:
     """The queries an initialisation's weights were already fit to: its ``trained.qids`` for a
     student folder written by ``rd student train`` (a student trained from a student is fit
@@ -90,9 +97,10 @@ def init_trained_qids(init) -> list[str] | None:
     """
     from retrieval_distill.data.formats import read_qids
 
+    own = trained_qids_file(init)
+    if own is not None:
+        return read_qids(own)
     folder = Path(str(init)).expanduser()
-    if (folder / TRAINED_QIDS).is_file():
-        return read_qids(folder / TRAINED_QIDS)
     if (folder / "training_card.json").is_file() or (folder / "trainer_state.json").is_file():
         return None  # a student, or a training checkpoint (``<output>.ckpt/checkpoint-N``), that lists no queries
     return []

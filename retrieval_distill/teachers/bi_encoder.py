@@ -54,7 +54,7 @@ import logging
 
 import numpy as np
 
-from retrieval_distill.distill.train import TRAINED_QIDS
+from retrieval_distill.distill.train import TRAINED_QIDS, trained_qids_file
 from retrieval_distill.teachers.base import TeacherSpec, check_options, register_teacher, resolve_teacher_dtype, spec_fingerprint
 
 DEFAULT_MODEL = "all-mpnet-base-v2"
@@ -164,9 +164,10 @@ class BiEncoderTeacher:
             if not isinstance(f, dict) or "query_model" not in f or not set(f) <= {"query_model", "trained_qids"}:
                 raise ValueError(f"{where}: cross_fit[{i}] must have the key query_model and may have trained_qids, got {f!r}")
             own = _own_trained_qids(f["query_model"], f"{where}: cross_fit[{i}]")
+            card = read_card(f["query_model"])
             if f.get("trained_qids") is None:
                 if own is None:
-                    why = (read_card(f["query_model"]) or {}).get("trained_qids_unknown")
+                    why = (card or {}).get("trained_qids_unknown")
                     raise ValueError(
                         f"{where}: cross_fit[{i}] has no trained_qids, and {f['query_model']!r} has no {TRAINED_QIDS} "
                         + (f"({why})" if why else "(a student trained before the card recorded its queries)")
@@ -185,8 +186,8 @@ class BiEncoderTeacher:
                             f"Leave trained_qids out to use the student's own {TRAINED_QIDS}."
                         )
             check_query_encoder(f["query_model"], doc_fp, where=f"{where}'s `model`")
-            card = read_card(f["query_model"])
-            if card is not None and card.get("mode") != "query_side" and model_fingerprint(f["query_model"]) != doc_fp:
+            fp = model_fingerprint(f["query_model"])
+            if card is not None and card.get("mode") != "query_side" and fp != doc_fp:
                 from retrieval_distill.index.manifest import EncoderMismatchError
 
                 # a two-tower student's query vectors belong with its own document tower: against
@@ -197,7 +198,7 @@ class BiEncoderTeacher:
                     "cross_fit students are query-side students trained against `model`'s documents"
                 )
             folds.append({"model": load_sentence_transformer(f["query_model"]), "name": str(f["query_model"]),
-                          "fingerprint": model_fingerprint(f["query_model"]) + fingerprint_obj(sorted(trained)),
+                          "fingerprint": fp + fingerprint_obj(sorted(trained)),
                           "trained": trained})
         return folds
 
@@ -450,9 +451,5 @@ def _read_trained_file(path, where: str) -> list[str]:
 def _own_trained_qids(model, where: str) -> list[str] | None:
     """The qids a student folder says it trained on (its ``trained.qids``, written by
     ``rd student train``), or ``None`` for a hub name or a folder without one."""
-    from pathlib import Path
-
-    folder = Path(str(model)).expanduser()  # the folder the model loads from (resolve_model expands ``~``)
-    if not (folder / TRAINED_QIDS).is_file():
-        return None
-    return _read_trained_file(folder / TRAINED_QIDS, f"{where}: the student's own")
+    path = trained_qids_file(model)
+    return None if path is None else _read_trained_file(path, f"{where}: the student's own")
