@@ -18,6 +18,8 @@ from retrieval_distill.distill.query_losses import (
     CandidateMarginMSE,
     CandidatePairwise,
     CorpusInfoNCE,
+    CorpusKL,
+    QueryAlignment,
     QueryBatch,
     QuerySideLoss,
     QueryTables,
@@ -123,6 +125,53 @@ def test_loss_scores_the_frozen_documents():
     sampled = QuerySideLoss(Tower(), docs, tables, [("corpus_infonce", 1.0, CorpusInfoNCE(0.05))], corpus_sample=1)
     bs = sampled.batch(q, torch.tensor([0]))
     assert bs.pos_cols.sum() == 1 and bs.logits_docs.shape[1] <= 2  # the positive is always among the columns
+
+
+def test_leaf_alignment_by_hand():
+    # q1 = (1, 0) vs t1 = (0.6, 0.8): cos 0.6; q2 = (0, 2) vs t2 = (0, 1): cos 1
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    assert QueryAlignment()(_batch(q=q, t_q=t)).item() == pytest.approx((0.4 + 0.0) / 2, rel=1e-6)
+    # mse: ||(0.4, -0.8)||^2 = 0.8, ||(0, 1)||^2 = 1
+    assert QueryAlignment("mse")(_batch(q=q, t_q=t)).item() == pytest.approx((0.8 + 1.0) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="objective"):
+        QueryAlignment("l1")
+
+
+def test_corpus_kl_by_hand():
+    # teacher cosines (0.2, 0.1, 0.0) at tau 0.1 -> softmax of (2, 1, 0); student (0.05, 0.05, 0.0) at tau 0.05 -> (1, 1, 0)
+    t, s = torch.tensor([[0.2, 0.1, 0.0]]), torch.tensor([[0.05, 0.05, 0.0]])
+    pt = np.exp([2.0, 1.0, 0.0]) / np.exp([2.0, 1.0, 0.0]).sum()
+    ps = np.exp([1.0, 1.0, 0.0]) / np.exp([1.0, 1.0, 0.0]).sum()
+    want = float((pt * np.log(pt / ps)).sum())
+    got = CorpusKL(teacher_temperature=0.1, student_temperature=0.05)(_batch(logits_docs=s, t_logits_docs=t))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    # the same ranking at the same temperature costs nothing
+    assert CorpusKL(0.05, 0.05)(_batch(logits_docs=t, t_logits_docs=t)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_loss_scores_the_corpus_with_the_document_encoders_query_vectors():
+    class Tower(torch.nn.Module):
+        def forward(self, features):
+            return {"sentence_embedding": features["x"]}
+
+    docs = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    tables = QueryTables(pos=torch.tensor([[2], [0]]), cand=torch.zeros((2, 0), dtype=torch.int64), cand_t=torch.zeros((2, 0)))
+    tq = np.array([[0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    terms = [("corpus_kl", 1.0, CorpusKL()), ("leaf", 1.0, QueryAlignment())]
+    with pytest.raises(ValueError, match=r"\['corpus_kl', 'leaf'\] need the document encoder's vectors"):
+        QuerySideLoss(Tower(), docs, tables, terms)
+    with pytest.raises(ValueError, match=r"expected \(2, 2\)"):
+        QuerySideLoss(Tower(), docs, tables, terms, teacher_queries=tq[:1])
+    loss = QuerySideLoss(Tower(), docs, tables, terms, teacher_queries=tq)
+    q = torch.tensor([[1.0, 0.0]])
+    b = loss.batch(q, torch.tensor([1]))
+    assert torch.equal(b.t_q, torch.tensor([[0.6, 0.8]]))
+    assert torch.allclose(b.t_logits_docs, torch.tensor([[0.6, 0.8, 1.0]]))
+    assert torch.allclose(b.logits_docs, torch.tensor([[1.0, 0.0, 0.6]]))
+    # the student already equal to the document encoder: both terms are zero
+    same = loss([{"x": torch.tensor(tq[:1])}], torch.tensor([0]))
+    assert same.item() == pytest.approx(0.0, abs=1e-6) and set(loss.last_parts) == {"corpus_kl", "leaf"}
 
 
 # ----------------------------------------------------------------------------- ADI end to end
@@ -704,3 +753,47 @@ def test_a_two_tower_student_is_refused_as_a_cross_fit_student(frozen, tmp_path)
     t = build_teacher({"kind": "bi_encoder", "model": str(tt), "options": {"cross_fit": [
         {"query_model": str(tt)}, {"query_model": str(tt), "trained_qids": str(tmp_path / "ab.qids")}]}})
     assert [f["trained"] for f in t.folds] == [set(qids[:2]), set(qids[:4])]
+
+
+def test_leaf_and_corpus_kl_read_the_document_encoders_query_vectors_once(frozen, tmp_path, caplog):
+    """The ``leaf`` / ``corpus_kl`` targets are the document encoder's own query vectors
+    (all-MiniLM-L6-v2 here), cached in
+    ``query_side.teacher_queries`` and reused by a second job (its baseline) without encoding;
+    a cache of other texts is encoded again, and documents of other weights are refused."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.distill.query_side import document_encoder_queries, load_documents
+    from retrieval_distill.models.encoder import Encoder
+
+    cache = tmp_path / "tq.npz"
+    cfg = _config(frozen["root"], frozen["teacher"], output=str(tmp_path / "leaf"), dev=None)
+    cfg["query_side"]["teacher_queries"] = str(cache)
+    cfg["train"].update({"epochs": 1, "losses": [{"name": "leaf"}, {"name": "corpus_kl", "weight": 0.5}]})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "c.yaml")])
+    assert out.exit_code == 0, out.output
+    card = json.loads((tmp_path / "leaf" / "training_card.json").read_text())
+    assert card["teacher_queries"]["encoded"] == 35 and card["teacher_queries"]["encoder"] == "all-MiniLM-L6-v2"
+    assert "teacher" not in card and "2509.12539" in card["loss_citations"]["leaf"]
+    coll = load_collection(S.ADI, split="test")
+    texts = [coll.queries[q] for q in coll.judged_qids()]
+    docs = load_documents(frozen["store"])
+    vec, info = document_encoder_queries(docs, texts, cache)
+    assert info["encoded"] == 0  # from the cache
+    want = Encoder("all-MiniLM-L6-v2", show_progress=False).encode_queries(texts)
+    assert vec.shape == (35, 384) and np.abs(vec - want).max() < 1e-5
+    # the baseline names the same cache: nothing encoded again
+    cfg.update(output=str(tmp_path / "base"))
+    cfg["train"]["losses"] = [{"name": "corpus_infonce"}]
+    cfg["query_side"].update(projection="always")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(_app(), ["student", "train", str(tmp_path / "b.yaml")])
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "base" / "training_card.json").read_text())["teacher_queries"]["encoded"] == 0
+    # other texts: encoded again, with a warning, and the cache rewritten
+    with caplog.at_level("WARNING"):
+        _, info = document_encoder_queries(docs, texts[:3], cache, show_progress=False)
+    assert info["encoded"] == 3 and "another set of query vectors" in caplog.text
+    # documents whose recorded weights are not what the name resolves to here
+    docs.key = {**docs.key, "encoder_fingerprint": "0" * 16}
+    with pytest.raises(ValueError, match="resolves to weights"):
+        document_encoder_queries(docs, texts, None)

@@ -10,7 +10,15 @@ corpus_infonce     :class:`CorpusInfoNCE`: qrels positives vs every other corpus
 listwise_kl        :class:`CandidateListwiseKL`: KL to the teacher over its whole candidate list
 margin_mse         :class:`CandidateMarginMSE`: Hofstätter et al. 2020 over (positive, candidate) pairs
 pairwise           :class:`CandidatePairwise`: PairDistill over pairs of the teacher's top candidates
+leaf               :class:`QueryAlignment`: LEAF, the query vector pulled onto the document
+                   encoder's own vector of the same query (no labels, no candidates)
+corpus_kl          :class:`CorpusKL`: KL to the document encoder's own ranking of the whole corpus
 =================  ======================================================================
+
+``leaf`` and ``corpus_kl`` read the *document encoder's* vectors of the training queries
+(``QueryBatch.t_q``): in the asymmetric pair the documents were encoded by the embedding
+teacher (all-mpnet-base-v2), so that encoder is the teacher, and its query vectors are
+computed once before training (:func:`retrieval_distill.distill.query_side.document_encoder_queries`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ class QueryBatch:
         cand_t: teacher scores ``(B, C)`` (0 where padded).
         cand_mask: ``(B, C)`` bool, True for real candidates.
         cand_pos: ``(B, C)`` bool, True for candidates that are qrels positives.
+        t_q: the document encoder's vectors of the same queries, float32 ``(B, dim)``
+            (``None`` unless a term reads them).
+        t_logits_docs: the document encoder's scores of the same columns as
+            ``logits_docs``, ``t_q @ docs.T`` (``None`` unless a term reads them).
     """
 
     q: Tensor
@@ -46,6 +58,8 @@ class QueryBatch:
     cand_t: Tensor | None
     cand_mask: Tensor | None
     cand_pos: Tensor | None
+    t_q: Tensor | None = None
+    t_logits_docs: Tensor | None = None
 
 
 def _masked_log_softmax(x: Tensor, mask: Tensor) -> Tensor:
@@ -220,13 +234,87 @@ class CandidatePairwise(nn.Module):
     citation = "Huang et al. 2024 (PairDistill), arXiv:2410.01383"
 
 
+class QueryAlignment(nn.Module):
+    """LEAF embedding alignment of the query tower (Vujanic and Rueckstiess 2025, "LEAF:
+    Knowledge Distillation of Text Embedding Models with Teacher-Aligned Representations",
+    arXiv:2509.12539), query side only: the student's query vector ``q`` (after the
+    projection, when there is one) is pulled onto the document encoder's vector ``t`` of the
+    same query text,
+
+        cosine: L = mean_b (1 - cos(q_b, t_b))        mse: L = mean_b ||q_b - t_b||^2
+
+    When ``q = t`` for every query, the student ranks the frozen corpus exactly as the
+    document encoder does on its own (the asymmetric pair's ceiling). It needs no qrels and
+    no teacher scores: any query text is a training example.
+
+    Args:
+        objective: ``"cosine"`` or ``"mse"``.
+    """
+
+    needs_teacher = False
+    needs_teacher_queries = True
+
+    def __init__(self, objective: str = "cosine"):
+        super().__init__()
+        if objective not in ("cosine", "mse"):
+            raise ValueError(f"objective must be 'cosine' or 'mse', got {objective!r}")
+        self.objective = objective
+
+    def forward(self, b: QueryBatch) -> Tensor:
+        if self.objective == "cosine":
+            return (1 - F.cosine_similarity(b.q, b.t_q, dim=-1)).mean()
+        return ((b.q - b.t_q) ** 2).sum(-1).mean()
+
+    citation = "LEAF, Vujanic and Rueckstiess 2025, arXiv:2509.12539"
+
+
+class CorpusKL(nn.Module):
+    """KL from the document encoder's softmax over the whole frozen corpus to the
+    student's: the listwise distillation of RocketQAv2 (Ren et al. 2021, arXiv:2110.07367)
+    with the teacher's list being every document (or the batch's corpus sample) instead of a
+    scored candidate list. The teacher's score of document ``d`` is ``t_b . d``, the document
+    encoder's own cosine, so nothing is scored beforehand:
+
+        L_b = sum_d P_t(d) (log P_t(d) - log P_s(d)),  P_t = softmax_d(t_b . d / tau_t),
+                                                       P_s = softmax_d(q_b . d / tau_s)
+
+    Args:
+        teacher_temperature: tau_t in cosine units.
+        student_temperature: tau_s in cosine units.
+    """
+
+    needs_teacher = False
+    needs_teacher_queries = True
+
+    def __init__(self, teacher_temperature: float = 0.05, student_temperature: float = 0.05):
+        super().__init__()
+        if teacher_temperature <= 0 or student_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        self.teacher_temperature = float(teacher_temperature)
+        self.student_temperature = float(student_temperature)
+
+    def forward(self, b: QueryBatch) -> Tensor:
+        log_ps = F.log_softmax(b.logits_docs / self.student_temperature, dim=-1)
+        log_pt = F.log_softmax(b.t_logits_docs / self.teacher_temperature, dim=-1)
+        return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+
+    citation = "listwise KL over the whole corpus: Ren et al. 2021 (RocketQAv2), arXiv:2110.07367"
+
+
 #: ``train.losses`` names of query-side training
 QUERY_SIDE_LOSSES: dict[str, type[nn.Module]] = {
     "corpus_infonce": CorpusInfoNCE,
     "listwise_kl": CandidateListwiseKL,
     "margin_mse": CandidateMarginMSE,
     "pairwise": CandidatePairwise,
+    "leaf": QueryAlignment,
+    "corpus_kl": CorpusKL,
 }
+
+
+def needs_teacher_queries(module: nn.Module) -> bool:
+    """Whether a term reads the document encoder's query vectors (``QueryBatch.t_q``)."""
+    return bool(getattr(module, "needs_teacher_queries", False))
 
 
 @dataclass
@@ -256,15 +344,32 @@ class QuerySideLoss(nn.Module):
         terms: ``(name, weight, module)`` per loss term.
         corpus_sample: see :class:`QuerySideSpec`.
         seed: seed of the corpus sample.
+        teacher_queries: float32 ``(R, dim)``: the document encoder's vectors of the training
+            queries, row ``r`` = example ``r`` (needed by ``leaf`` and ``corpus_kl``).
+
+    Raises:
+        ValueError: a term reads the document encoder's query vectors and none are given, or
+            their shape does not match the tables and the documents.
 
     ``forward(sentence_features, labels)``: ``labels`` int64 ``(B,)`` rows into ``tables``.
     """
 
     def __init__(self, model, documents: np.ndarray, tables: QueryTables, terms: Sequence[tuple[str, float, nn.Module]],
-                 corpus_sample: int | None = None, seed: int = 13):
+                 corpus_sample: int | None = None, seed: int = 13, teacher_queries: np.ndarray | None = None):
         super().__init__()
         self.model = model
         self.register_buffer("docs", torch.from_numpy(np.ascontiguousarray(documents, dtype=np.float32)), persistent=False)
+        wanting = [n for n, _, m in terms if needs_teacher_queries(m)]
+        if wanting and teacher_queries is None:
+            raise ValueError(f"terms {wanting} need the document encoder's vectors of the training queries")
+        if teacher_queries is not None:
+            tq = np.ascontiguousarray(teacher_queries, dtype=np.float32)
+            if tq.shape != (tables.pos.shape[0], self.docs.shape[1]):
+                raise ValueError(f"teacher query vectors of shape {tq.shape}; expected "
+                                 f"({tables.pos.shape[0]}, {self.docs.shape[1]}) (training queries, document dim)")
+            self.register_buffer("teacher_q", torch.from_numpy(tq), persistent=False)
+        else:
+            self.teacher_q = None
         self.register_buffer("pos", tables.pos, persistent=False)
         self.register_buffer("cand", tables.cand, persistent=False)
         self.register_buffer("cand_t", tables.cand_t, persistent=False)
@@ -283,13 +388,16 @@ class QuerySideLoss(nn.Module):
     def batch(self, q: Tensor, rows: Tensor) -> QueryBatch:
         """Student scores for ``rows`` (see :class:`QueryBatch`)."""
         pos = self.pos[rows]
-        need_docs = any(isinstance(m, CorpusInfoNCE) for m in self.modules_)
-        logits = pos_cols = None
+        need_docs = any(isinstance(m, (CorpusInfoNCE, CorpusKL)) for m in self.modules_)
+        t_q = self.teacher_q[rows] if self.teacher_q is not None else None
+        logits = pos_cols = t_logits = None
         if need_docs:
             n = self.docs.shape[0]
             if self.corpus_sample is None or self.corpus_sample >= n:
                 cols = None
                 logits = q @ self.docs.T
+                if t_q is not None:
+                    t_logits = t_q @ self.docs.T
                 pos_cols = torch.zeros_like(logits, dtype=torch.bool)
                 r, c = (pos >= 0).nonzero(as_tuple=True)
                 pos_cols[r, pos[r, c]] = True
@@ -297,6 +405,8 @@ class QuerySideLoss(nn.Module):
                 sample = torch.randint(0, n, (self.corpus_sample,), generator=self.gen)
                 cols = torch.unique(torch.cat([pos[pos >= 0], sample]))
                 logits = q @ self.docs[cols].T
+                if t_q is not None:
+                    t_logits = t_q @ self.docs[cols].T
                 pos_cols = (pos[:, :, None] == cols[None, None, :]).any(1)
         cand_s = cand_t = cand_mask = cand_pos = None
         if self.cand.shape[1]:
@@ -306,7 +416,7 @@ class QuerySideLoss(nn.Module):
             cand_s = torch.einsum("bd,bcd->bc", q, vec) * cand_mask
             cand_t = self.cand_t[rows]
             cand_pos = (cand[:, :, None] == pos[:, None, :]).any(-1) & cand_mask
-        return QueryBatch(q, logits, pos_cols, cand_s, cand_t, cand_mask, cand_pos)
+        return QueryBatch(q, logits, pos_cols, cand_s, cand_t, cand_mask, cand_pos, t_q, t_logits)
 
     def forward(self, sentence_features, labels: Tensor) -> Tensor:
         features = list(sentence_features)

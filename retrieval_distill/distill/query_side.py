@@ -26,7 +26,7 @@ belongs to; :func:`check_query_encoder` (used by every searcher) refuses to pair
 index whose documents another encoder made.
 
 Loss terms (``train.losses`` names ``corpus_infonce``, ``listwise_kl``, ``margin_mse``,
-``pairwise``; weights sum the terms) live in :mod:`retrieval_distill.distill.query_losses`,
+``pairwise``, ``leaf``, ``corpus_kl``; weights sum the terms) live in :mod:`retrieval_distill.distill.query_losses`,
 one small ``nn.Module`` each with its citation.
 
 The loop is sentence-transformers' (:func:`retrieval_distill.distill.train.train_student`):
@@ -83,6 +83,12 @@ class QuerySideSpec(BaseModel):
             too large for a ``(batch, n_docs)`` product).
         max_candidates: keep each query's top-``max_candidates`` candidates by teacher score
             (``None``: the whole list the score folder holds).
+        teacher_queries: an ``.npz`` file caching the document encoder's vectors of the
+            training queries, which ``leaf`` / ``corpus_kl`` terms and ``projection_init:
+            ridge`` read (:func:`document_encoder_queries`): reused when its key (encoder
+            fingerprint, normalisation, the query texts) matches, else encoded and written.
+            ``None``: encoded each run, kept nowhere. A student and its same-budget baseline
+            naming one file encode the queries once.
         unlabeled: keep judged training queries that have no positive (every judgement grade
             0, e.g. synthetic queries judged only on their source document): they train only
             the teacher terms, the teacher being their one label (Augmented SBERT, Thakur et
@@ -100,6 +106,7 @@ class QuerySideSpec(BaseModel):
     ridge: float = Field(1.0, ge=0)
     corpus_sample: int | None = Field(None, gt=0)
     max_candidates: int | None = Field(None, gt=1)
+    teacher_queries: str | None = None
     unlabeled: bool = False
 
     @model_validator(mode="after")
@@ -407,6 +414,69 @@ def build_terms(specs) -> list[tuple[str, float, Any]]:
     return out
 
 
+def document_encoder_queries(docs: FrozenDocuments, texts: Sequence[str], cache: str | os.PathLike | None = None,
+                             batch_size: int = 64, show_progress: bool = True) -> tuple[np.ndarray, dict]:
+    """The document encoder's own vectors of ``texts`` (as it would encode them as queries):
+    the targets of the ``leaf`` and ``corpus_kl`` terms and of ``projection_init: ridge``. In
+    the asymmetric pair this encoder is the embedding teacher (e.g. all-mpnet-base-v2).
+
+    The encoder is loaded by the name the encoding folder records and must have the weights
+    fingerprint it records, so the targets live in the same space as the frozen documents.
+
+    Args:
+        docs: the frozen documents (their ``key`` names the encoder).
+        texts: ``N`` query texts, in training-row order.
+        cache: optional ``.npz``; reused when its key matches, else written (atomically).
+        batch_size: texts per forward pass.
+
+    Returns:
+        ``(vectors, info)``: float32 ``(N, dim)`` (L2-normalised when the documents are) and
+        ``{"encoder", "fingerprint", "cache", "encoded"}`` for the training card.
+
+    Raises:
+        ModelNotFoundError: the encoder cannot be resolved here.
+        ValueError: the encoder resolves to other weights than those that made the documents,
+            or it gives vectors of another dimension.
+    """
+    import hashlib
+
+    from retrieval_distill.models.resolve import model_fingerprint
+    from retrieval_distill.utils import atomic_path
+
+    name, want_fp = docs.key.get("encoder"), docs.key.get("encoder_fingerprint")
+    normalize = bool(docs.key.get("normalize", True))
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    key = {"encoder_fingerprint": want_fp, "normalize": normalize, "n": len(texts), "texts_sha256": h.hexdigest()}
+    info = {"encoder": name, "fingerprint": want_fp, "cache": str(cache) if cache else None, "encoded": 0}
+    if cache and Path(cache).is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            have = json.loads(str(z["key"])) if "key" in z else None
+            if have == key:
+                log.info("document encoder's query vectors from %s", cache)
+                return np.asarray(z["vectors"], dtype=np.float32), info
+        log.warning("%s holds another set of query vectors (key %s != %s): encoding again", cache, have, key)
+    got_fp = model_fingerprint(name)
+    if want_fp and got_fp != want_fp:
+        raise ValueError(
+            f"the frozen documents were encoded by {name!r} with weights {want_fp}, but {name!r} resolves to weights "
+            f"{got_fp} here: its query vectors would live in another space"
+        )
+    from retrieval_distill.models.encoder import Encoder
+
+    enc = Encoder(name, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+    vec = enc.encode_queries(list(texts))
+    if vec.shape[1] != docs.emb.shape[1]:
+        raise ValueError(f"{name!r} gives {vec.shape[1]}-d query vectors; the frozen documents are {docs.emb.shape[1]}-d")
+    info["encoded"] = len(texts)
+    if cache:
+        with atomic_path(cache, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, vectors=vec, key=np.array(json.dumps(key, sort_keys=True)))
+    return vec, info
+
+
 def add_projection(model, out_dim: int, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> int:
     """Append ``Dense(in -> out_dim, identity)`` and ``Normalize`` to a sentence-transformers
     model (in place); returns the Dense module's index (for the learning-rate mapping)."""
@@ -526,27 +596,30 @@ def train_query_side(job, show_progress: bool = True) -> Path:
     if spec.projection_init == "ridge_documents" and spec.projection != "always" and in_dim == out_dim:
         raise ValueError(f"projection_init: ridge_documents has nothing to fit: the query tower ({in_dim}) and the documents "
                          f"({out_dim}) have the same dimension, so no projection is added (set projection: always)")
-    if spec.projection == "always" or in_dim != out_dim:
+    from retrieval_distill.distill.query_losses import needs_teacher_queries
+
+    texts = [coll.queries[q] for q in kept]
+    adds_projection = spec.projection == "always" or in_dim != out_dim
+    teacher_q = None
+    if any(needs_teacher_queries(m) for _, _, m in terms) or (adds_projection and spec.projection_init == "ridge"):
+        teacher_q, facts["teacher_queries"] = document_encoder_queries(docs, texts, spec.teacher_queries,
+                                                                       show_progress=show_progress)
+    if adds_projection:
         w = b = None
         if spec.projection_init == "ridge_documents":
             w, b = _fit_on_documents(spec, cfg.init, docs)
         elif spec.projection_init == "ridge":
             from retrieval_distill.distill.losses import fit_projection
-            from retrieval_distill.models.encoder import Encoder
 
-            texts = [coll.queries[q] for q in kept]
             x = model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
-            target = Encoder(docs.key["encoder"], normalize=bool(docs.key.get("normalize", True)), show_progress=False)
-            y = target.encode_queries(texts)
-            w, b = fit_projection(x, y, ridge=spec.ridge)
-            del target
+            w, b = fit_projection(x, teacher_q, ridge=spec.ridge)
         proj_idx = add_projection(model, out_dim, w, b)
         facts["projection"] = {"in": in_dim, "out": out_dim, "init": spec.projection_init, "ridge": spec.ridge,
                                "lr": spec.projection_lr, "module": proj_idx}
-    loss = QuerySideLoss(model, docs.emb, tables, terms, spec.corpus_sample, cfg.seed)
+    loss = QuerySideLoss(model, docs.emb, tables, terms, spec.corpus_sample, cfg.seed, teacher_queries=teacher_q)
     if proj_idx is not None:
         loss.learning_rate_mapping[rf"(^|\.){proj_idx}\.linear\.(weight|bias)$"] = spec.projection_lr
-    examples = [{"query": coll.queries[q], "label": i} for i, q in enumerate(kept)]
+    examples = [{"query": t, "label": i} for i, t in enumerate(texts)]
     out = train_student(cfg, examples, job.output, card=facts, show_progress=show_progress, evaluator=evaluator,
                         keep_best=job.dev is not None and job.dev.keep == "best", model=model, loss=loss, trained_qids=kept)
     if evaluator is not None:
