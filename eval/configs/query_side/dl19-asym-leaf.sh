@@ -23,15 +23,21 @@ mkdir -p $W/runs
 for arm in leaf corpus-kl infonce; do
   [ -f $W/students/$arm/training_card.json ] || rd student train $C/dl19-asym-$arm.yaml
 done
+# diagnostic: the ridge-fitted map alone (the arms' common start; one step at learning rate 0)
+if [ ! -f $W/students/ridge/training_card.json ]; then
+  sed -e 's#students/leaf#students/ridge#; s#projection_lr: 1.0e-4#projection_lr: 1.0e-12#; s#  lr: 1.0e-4#  lr: 0.0#; s#epochs: 2#epochs: 0.004#' \
+      $C/dl19-asym-leaf.yaml > $W/ridge.yaml
+  rd student train $W/ridge.yaml
+fi
 run() { [ -f $W/runs/$1.dl19.trec ] || rd eval run $DL $W/runs/$1.dl19.trec --split $SPLIT --searcher dense --k 100 "${@:2}"; }
 run init --index work/indexes/dl19-minilm
 run mpnet --index work/indexes/dl19-mpnet
-for arm in leaf corpus-kl infonce; do run $arm --index work/indexes/dl19-mpnet --query-encoder $W/students/$arm; done
+for arm in ridge leaf corpus-kl infonce; do run $arm --index work/indexes/dl19-mpnet --query-encoder $W/students/$arm; done
 R=$W/runs
-rd eval compare init=$R/init.dl19.trec mpnet=$R/mpnet.dl19.trec infonce=$R/infonce.dl19.trec leaf=$R/leaf.dl19.trec \
+rd eval compare init=$R/init.dl19.trec mpnet=$R/mpnet.dl19.trec ridge=$R/ridge.dl19.trec infonce=$R/infonce.dl19.trec leaf=$R/leaf.dl19.trec \
     corpus-kl=$R/corpus-kl.dl19.trec --qrels $DL --split $SPLIT --baseline init --out-md $W/vs-init.md --out-json $W/vs-init.json
 rd eval compare infonce=$R/infonce.dl19.trec leaf=$R/leaf.dl19.trec corpus-kl=$R/corpus-kl.dl19.trec \
     --qrels $DL --split $SPLIT --baseline infonce --out-md $W/vs-baseline.md --out-json $W/vs-baseline.json
 # how close each query tower gets to mpnet's own query vectors, on the DL19 queries (no qrels read)
 python $C/alignment.py --documents work/indexes/dl19-mpnet --queries $DL/queries.dl19.jsonl \
-    $W/students/leaf $W/students/corpus-kl $W/students/infonce | tee $W/alignment.txt
+    $W/students/ridge $W/students/leaf $W/students/corpus-kl $W/students/infonce | tee $W/alignment.txt
