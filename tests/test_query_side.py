@@ -797,3 +797,48 @@ def test_leaf_and_corpus_kl_read_the_document_encoders_query_vectors_once(frozen
     docs.key = {**docs.key, "encoder_fingerprint": "0" * 16}
     with pytest.raises(ValueError, match="resolves to weights"):
         document_encoder_queries(docs, texts, None)
+
+
+def test_a_cross_fit_student_does_not_score_the_twin_of_a_query_it_trained_on(frozen, tmp_path):
+    """A query whose text is that of a query a fold student trained on (a twin under another
+    qid, as SciFact's train claims 85 and 86) is scored out of that fold, through the scoring
+    job (which gives the teacher every query's text) and through score_ids alone; twins in
+    every fold are refused before anything is written."""
+    from retrieval_distill.data.collections import load_collection
+    from retrieval_distill.teachers.base import build_teacher
+    from retrieval_distill.teachers.scoring import read_scores, score_candidates
+
+    coll = load_collection(S.ADI, split="test")
+    qids = list(coll.queries)
+    a, b = qids[:2], qids[2:4]
+    (tmp_path / "a.qids").write_text("".join(q + "\n" for q in a))
+    (tmp_path / "b.qids").write_text("".join(q + "\n" for q in b))
+    student_a = _fold_student(frozen, tmp_path / "student-a", a)
+    folds = [{"query_model": str(student_a), "trained_qids": str(tmp_path / "a.qids")},
+             {"query_model": "all-MiniLM-L6-v2", "trained_qids": str(tmp_path / "b.qids")}]
+    spec = {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2", "options": {"cross_fit": folds}}
+    # "twin" has a[0]'s text (other case and spacing); "free" is a new text nobody trained on
+    queries = {**coll.queries, "twin": "  " + coll.queries[a[0]].upper(), "free": "automatic indexing of documents"}
+    docids = list(coll.corpus)[:3]
+    (tmp_path / "c.txt").write_text("".join(f"{q} {d}\n" for q in ("twin", "free") for d in docids))
+    score_candidates(spec, tmp_path / "c.txt", queries, coll.doc_text, tmp_path / "scores", progress=False)
+    df = read_scores(tmp_path / "scores")
+    got = {(q, d): s for q, d, s in zip(df["qid"], df["docid"], df["score"])}
+    init, student = S.encoder().doc_model, S.encoder().doc_model.__class__(str(frozen["student"]))
+    docs = init.encode([coll.doc_text(d) for d in docids], normalize_embeddings=True)
+    twin_init = init.encode([queries["twin"]], normalize_embeddings=True) @ docs.T
+    free = (init.encode([queries["free"]], normalize_embeddings=True) @ docs.T
+            + student.encode([queries["free"]], normalize_embeddings=True) @ docs.T) / 2
+    np.testing.assert_allclose([got[("twin", d)] for d in docids], twin_init[0], atol=1e-5)  # fold B alone
+    np.testing.assert_allclose([got[("free", d)] for d in docids], free[0], atol=1e-5)  # both folds
+    # score_ids without the scoring job: the twin is found among the texts scored in the call
+    t = build_teacher(spec)
+    direct = t.score_ids([a[0], "twin"], [coll.queries[a[0]], queries["twin"]], docids[:2], [coll.doc_text(d) for d in docids[:2]])
+    np.testing.assert_allclose(direct[1], twin_init[0][1], atol=1e-5)
+    # a twin in every fold: refused before the score folder exists
+    (tmp_path / "b2.qids").write_text("".join(q + "\n" for q in b + ["twin"]))
+    every = {**spec, "options": {"cross_fit": [folds[0], {**folds[1], "trained_qids": str(tmp_path / "b2.qids")}]}}
+    (tmp_path / "c2.txt").write_text(f"{a[0]} {docids[0]}\n")
+    with pytest.raises(ValueError, match=r"in every cross_fit student's trained_qids \(or a query of the same text\)"):
+        score_candidates(every, tmp_path / "c2.txt", queries, coll.doc_text, tmp_path / "scores2", progress=False)
+    assert not (tmp_path / "scores2").exists()

@@ -27,7 +27,8 @@ from retrieval_distill.scale.ray_local import init_local, shutdown_local
 class ShardScorer:
     """Ray Data actor: builds the teacher once, scores and writes one shard per call."""
 
-    def __init__(self, spec: dict, teacher_name: str, out_dir: str, doc_chunks: list, threads: int):
+    def __init__(self, spec: dict, teacher_name: str, out_dir: str, doc_chunks: list, threads: int,
+                 queries: dict | None = None):
         import torch
 
         from retrieval_distill.teachers.base import build_teacher
@@ -35,6 +36,8 @@ class ShardScorer:
 
         torch.set_num_threads(threads)
         self.teacher = build_teacher(spec)
+        if queries and callable(getattr(self.teacher, "check_queries", None)):
+            self.teacher.check_queries([], queries)  # the collection's texts, as the local path gives them (cross_fit twins)
         if doc_chunks:
             load_document_state(self.teacher, [(p, list(ids)) for p, ids in doc_chunks])
         self.name = teacher_name
@@ -53,7 +56,8 @@ class ShardScorer:
 
 
 def score_shards_ray(
-    spec, shards: list, teacher_name: str, out_dir: str | os.PathLike, doc_chunks: list | None = None, num_cpus: int = 2, actors: int = 1
+    spec, shards: list, teacher_name: str, out_dir: str | os.PathLike, doc_chunks: list | None = None, num_cpus: int = 2, actors: int = 1,
+    queries: dict | None = None,
 ) -> Iterator[tuple[int, str]]:
     """Score ``shards`` with Ray Data; yields ``(shard index, sha256)`` as shards finish.
 
@@ -65,6 +69,8 @@ def score_shards_ray(
         doc_chunks: document-state chunks ``[(path, docids)]`` written by the driver.
         num_cpus: CPUs of a local Ray instance and of each actor.
         actors: actor pool size (keep ``actors * num_cpus`` <= the cores).
+        queries: qid -> text of the collection, handed to each actor's teacher
+            ``check_queries`` (a ``cross_fit`` teacher finds twins among them, as locally).
     """
     import ray
 
@@ -95,7 +101,7 @@ def score_shards_ray(
         res = ds.map_batches(
             ShardScorer,
             fn_constructor_kwargs={"spec": spec, "teacher_name": teacher_name, "out_dir": str(Path(out_dir).resolve()),
-                                   "doc_chunks": doc_chunks or [], "threads": num_cpus},
+                                   "doc_chunks": doc_chunks or [], "threads": num_cpus, "queries": queries},
             batch_size=1, concurrency=actors, num_cpus=num_cpus, batch_format="numpy",
         )  # fmt: skip
         for row in res.iter_rows():

@@ -32,7 +32,12 @@ Spec options:
         students never scores a query whose qrels it was fit to: cross-fitting, the
         out-of-fold predictions of stacked generalisation (Wolpert 1992, "Stacked
         Generalization", Neural Networks 5(2)). A query outside every file (dev, test) gets
-        all K. Scoring needs qids (:meth:`score_ids`; :meth:`score` refuses); a query every
+        all K. A student also counts as trained on a query whose text (case and white space
+        aside) is that of a query it trained on under another qid: SciFact holds such twins
+        (train claims 85 and 86 have one text and one positive), and the twin's qrels would
+        otherwise be restated. Twins are found among the texts :meth:`check_queries` is given
+        (the scoring job gives every query of the collection) and those scored so far.
+        Scoring needs qids (:meth:`score_ids`; :meth:`score` refuses); a query every
         student trained on is an error. Each student is checked like ``query_model``; a
         two-tower student (a card without ``mode: query_side``) of other weights than
         ``model`` is refused (its queries belong with its own document tower).
@@ -104,6 +109,8 @@ class BiEncoderTeacher:
         # a document model that is itself a student (its trained.qids) was fit to those queries'
         # qrels: no fold student scores them out of fold against its documents
         self.doc_trained = set(_own_trained_qids(self.model_name, f"teacher {spec.display_name()}: `model`") or [])
+        self._text_of: dict[str, str] = {}  # qid -> normalised text, for twins across folds (cross_fit)
+        self._trained_texts: list[set[str]] | None = None  # per fold (then the document model), from _text_of
         # without cross_fit: the queries this teacher's own towers were trained on (a warning, not an error:
         # a born-again teacher on its training queries is a legitimate, if useless, experiment)
         q_trained = (_own_trained_qids(query_model, f"teacher {spec.display_name()}: `query_model`") or []) if query_model else []
@@ -211,6 +218,8 @@ class BiEncoderTeacher:
             # a preloaded encoding folder changes where vectors come from, not the scores
             opts = {k: v for k, v in self.spec.options.items() if k != "embeddings"}
             weights = self.encoder.fingerprint() + "".join(f["fingerprint"] for f in self.folds)
+            if self.folds:  # out of fold by text as well as by qid (session 26): scores of twins differ from before
+                weights += "oof-text"
             self._fp = spec_fingerprint(self.spec.model_copy(update={"options": opts}), weights)
         return self._fp
 
@@ -334,20 +343,41 @@ class BiEncoderTeacher:
         p = pe[[pi[t] for t in passages]]
         return np.einsum("nd,nd->n", q, p).astype(np.float32)
 
-    def check_queries(self, qids) -> None:
+    def _learn_texts(self, texts: dict[str, str]) -> None:
+        """Record qid -> normalised text (lower case, white space collapsed) for twin detection."""
+        new = {str(q): " ".join(str(t).lower().split()) for q, t in texts.items() if str(q) not in self._text_of}
+        if new:
+            self._text_of.update(new)
+            self._trained_texts = None
+
+    def _trained_on(self, qid: str, text: str | None = None) -> list[bool]:
+        """Per ``cross_fit`` student, then for the document ``model``: whether it trained on
+        ``qid`` or on a query of the same text under another qid (a twin)."""
+        if self._trained_texts is None:
+            self._trained_texts = [{self._text_of[q] for q in f["trained"] if q in self._text_of} for f in self.folds]
+            self._trained_texts.append({self._text_of[q] for q in self.doc_trained if q in self._text_of})
+        norm = " ".join(text.lower().split()) if text is not None else self._text_of.get(qid)
+        sets = [f["trained"] for f in self.folds] + [self.doc_trained]
+        return [qid in ids or (norm is not None and norm in tt) for ids, tt in zip(sets, self._trained_texts)]
+
+    def check_queries(self, qids, queries: dict[str, str] | None = None) -> None:
         """Refuse, before any scoring, a ``cross_fit`` teacher's query that every student
         trained on (no student can score it out of fold), or one the document ``model`` (a
-        student) trained on. Without ``cross_fit``, log a warning when ``model`` or
-        ``query_model`` lists some of ``qids`` in its ``trained.qids`` (a teacher scoring its
-        own training queries).
+        student) trained on; "trained on" includes a twin (the same text under another qid).
+        Without ``cross_fit``, log a warning when ``model`` or ``query_model`` lists some of
+        ``qids`` in its ``trained.qids`` (a teacher scoring its own training queries).
 
         Args:
             qids: the qids the job will score (any iterable of str).
+            queries: optional qid -> text of the collection's queries (all of them, not only
+                ``qids``): a ``cross_fit`` teacher finds twins among them.
 
         Raises:
             ValueError: such a query (the message names one and counts them).
         """
         qids = list(dict.fromkeys(str(q) for q in qids))
+        if queries is not None and self.folds:
+            self._learn_texts(dict(queries))
         if not self.folds:
             seen = [q for q in qids if q in self.own_trained]
             if seen:
@@ -356,11 +386,13 @@ class BiEncoderTeacher:
                             "student nothing on SciFact, eval/reports/query_side.md, session 24); the cross_fit option scores "
                             "them out of fold", self.spec.display_name(), len(seen), len(qids), TRAINED_QIDS, seen[0])
             return
-        every = [q for q in qids if all(q in f["trained"] for f in self.folds)]
+        flags = {q: self._trained_on(q) for q in qids}
+        every = [q for q in qids if all(flags[q][:-1])]
         if every:
+            twin = "" if all(every[0] in f["trained"] for f in self.folds) else " (or a query of the same text)"
             raise ValueError(f"teacher {self.spec.display_name()}: query {every[0]!r} is in every cross_fit student's "
-                             f"trained_qids ({len(every)} such queries); no student can score it out of fold")
-        docs = [q for q in qids if q in self.doc_trained]
+                             f"trained_qids{twin} ({len(every)} such queries); no student can score it out of fold")
+        docs = [q for q in qids if flags[q][-1]]
         if docs:
             raise ValueError(f"teacher {self.spec.display_name()}: query {docs[0]!r} is in the {TRAINED_QIDS} of the document "
                              f"`model` {self.model_name!r} ({len(docs)} such queries): its documents were fit to that "
@@ -373,8 +405,9 @@ class BiEncoderTeacher:
         todo = [k for k in dict.fromkeys(keys) if k not in self._query_cache]
         if not todo:
             return keys
-        eligible = {k: [i for i, f in enumerate(self.folds) if k[0] not in f["trained"]] for k in todo}
+        self._learn_texts({q: t for q, t in todo})  # a caller that never gave check_queries the collection's texts
         self.check_queries([k[0] for k in todo])
+        eligible = {k: [i for i, out in enumerate(self._trained_on(k[0], k[1])[:-1]) if not out] for k in todo}
         acc = {k: 0.0 for k in todo}
         for i, f in enumerate(self.folds):
             mine = [k for k in todo if i in eligible[k]]

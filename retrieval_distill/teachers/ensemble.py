@@ -123,9 +123,12 @@ class EnsembleTeacher:
         checks = {m.spec.name or f"member-{i}": m.speed_check for i, m in enumerate(self.members) if getattr(m, "speed_check", None)}
         return checks or None
 
-    def check_queries(self, qids) -> None:
+    def check_queries(self, qids, queries: dict[str, str] | None = None) -> None:
         """Run every member's ``check_queries`` (a ``cross_fit`` bi-encoder refuses a query all
         its students trained on) before the scoring job writes anything.
+
+        Args:
+            qids: the qids the job will score. queries: optional qid -> text of the collection.
 
         Raises:
             ValueError: from a member.
@@ -133,7 +136,7 @@ class EnsembleTeacher:
         qids = list(qids)
         for m in self.members:
             if callable(getattr(m, "check_queries", None)):
-                m.check_queries(qids)
+                m.check_queries(qids, queries)
 
     def check_speed(self, queries: list[str], passages: list[str]) -> dict | None:
         """Run the fp32 check of every member that has one (``check_speed``: the ColBERT

@@ -585,7 +585,7 @@ def score_candidates(
     if not hasattr(teacher, "score"):
         teacher = build_teacher(teacher)
     if callable(getattr(teacher, "check_queries", None)):  # e.g. a cross_fit query no student may score
-        teacher.check_queries(cands.pairs.keys())
+        teacher.check_queries(cands.pairs.keys(), queries)
     spec: TeacherSpec = teacher.spec
     name = spec.display_name()
     cand_fp = fingerprint_files([cands.source]) if Path(cands.source).is_file() else _pairs_fp(cands)
@@ -726,7 +726,7 @@ def score_candidates(
             from retrieval_distill.scale.ray_score import score_shards_ray
 
             by_index = {s.index: s for s in todo}
-            for idx, sha in score_shards_ray(spec, todo, name, out, doc_chunks=chunks):
+            for idx, sha in score_shards_ray(spec, todo, name, out, doc_chunks=chunks, queries=dict(queries)):
                 record(by_index[idx], sha)
         else:
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
